@@ -1,0 +1,5 @@
+import sys
+
+from avatarcam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""``avatarcam``: the command line. Parses flags, builds the stages, runs the live loop.
+
+Errors the user can fix are printed as one line on stderr with a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from avatarcam.errors import AvatarcamError
+
+log = logging.getLogger("avatarcam")
+
+DEFAULT_SIZE = (1280, 720)
+DEFAULT_FPS = 30.0
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
+    if not (16 <= w <= 7680 and 16 <= h <= 4320):
+        raise argparse.ArgumentTypeError(f"size {w}x{h} is out of range (16x16 to 7680x4320)")
+    return w, h
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from avatarcam.app import HOTKEYS
+
+    keys = "\n".join(f"  {k}  {text}" for k, _, text in HOTKEYS)
+    p = argparse.ArgumentParser(
+        prog="avatarcam",
+        description="Drive a portrait with your webcam and send it to a virtual camera that Zoom, Meet "
+                    "or OBS can pick (named after the virtual camera device, e.g. 'avatarcam').",
+        epilog=f"preview window hotkeys:\n{keys}\n\nexamples:\n"
+               "  avatarcam --face monalisa.jpg                      live, to the virtual camera\n"
+               "  avatarcam --face monalisa.jpg --preview --no-virtual-cam\n"
+               "  avatarcam --face me1.jpg --face me2.jpg            several photos of one person\n"
+               "  avatarcam --face monalisa.jpg --input talk.mp4 --output mona.mp4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--face", action="append", default=[], metavar="IMG",
+                   help="portrait to animate (JPEG/PNG/WebP); repeat with more photos of the same person to combine them")
+    p.add_argument("--avatars", metavar="DIR",
+                   help="folder of further avatars to switch between with [ and ]: each image is one avatar, "
+                        "each sub-folder of images one person")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--camera", default="0", metavar="N|PATH",
+                     help="webcam index or device path (default 0)")
+    src.add_argument("--input", metavar="VIDEO",
+                     help="drive from a video file (or an image) instead of the webcam")
+    p.add_argument("--output", metavar="FILE",
+                   help="also write the avatar video to FILE (.mp4 or .y4m); with --input, every input frame "
+                        "is rendered and avatarcam exits at the end")
+    p.add_argument("--size", type=_size, metavar="WxH",
+                   help=f"output size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}; with --output, the face image's own size)")
+    p.add_argument("--fps", type=_positive(float), metavar="N",
+                   help="frame rate asked of the webcam and the virtual camera (default 30; a video file keeps its own)")
+    vc = p.add_mutually_exclusive_group()
+    vc.add_argument("--no-virtual-cam", dest="virtual_cam", action="store_false", default=None,
+                    help="do not open a virtual camera (default: open one unless --output is given)")
+    vc.add_argument("--virtual-cam", dest="virtual_cam", action="store_true",
+                    help="open the virtual camera even when writing --output")
+    p.add_argument("--vcam-backend", metavar="NAME", help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
+    p.add_argument("--vcam-device", metavar="DEV", help="virtual camera device, e.g. /dev/video10")
+    p.add_argument("--preview", action="store_true", help="show a preview window with hotkeys")
+    p.add_argument("--mirror", action="store_true", help="mirror the webcam image, so the avatar moves like a mirror image")
+    p.add_argument("--engine", default="warp", help="renderer (default warp: mesh warp on the CPU)")
+    p.add_argument("--max-frames", type=_positive(int), metavar="N", help="stop after N frames")
+    p.add_argument("--cache-dir", metavar="DIR", help="where prepared avatars are cached (default: the user cache dir)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print progress and a summary")
+    return p
+
+
+def _avatar_groups(faces: Sequence[str], avatars_dir: str | None) -> list[list[str]]:
+    groups = [list(faces)] if faces else []
+    if avatars_dir:
+        root = Path(avatars_dir)
+        if not root.is_dir():
+            raise AvatarcamError(f"--avatars {avatars_dir}: not a folder")
+        for entry in sorted(root.iterdir()):
+            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+                groups.append([str(entry)])
+            elif entry.is_dir():
+                photos = sorted(str(f) for f in entry.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                if photos:
+                    groups.append(photos)
+        if len(groups) == len([g for g in [faces] if g]):
+            raise AvatarcamError(f"--avatars {avatars_dir}: no images (.jpg .png .webp) found")
+    if not groups:
+        raise AvatarcamError("no face given: pass a portrait with --face IMG")
+    return groups
+
+
+def run(args: argparse.Namespace) -> int:
+    from avatarcam.app import LiveLoop
+    from avatarcam.avatar import AvatarCache, prepare_avatar
+    from avatarcam.engines import engine_class
+    from avatarcam.framing import Framing
+    from avatarcam.pipeline import AvatarPipeline
+    from avatarcam.sinks import PreviewWindow, VideoFileSink, VirtualCameraSink
+    from avatarcam.sources import open_source
+    from avatarcam.tracking import FaceTracker
+
+    engine_cls = engine_class(args.engine)
+    groups = _avatar_groups(args.face, args.avatars)
+    use_vcam = args.virtual_cam if args.virtual_cam is not None else args.output is None
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() not in (".mp4", ".y4m", ".mkv"):
+            raise AvatarcamError(f"--output {args.output}: unsupported file type; use .mp4 or .y4m")
+        if not out.parent.resolve().is_dir():
+            raise AvatarcamError(f"--output {args.output}: folder {out.parent} does not exist")
+
+    cache = AvatarCache(args.cache_dir)
+    avatars = [prepare_avatar(g, engine_version=engine_cls.version, prepare_engine_data=engine_cls.prepare, cache=cache)
+               for g in groups]
+
+    size = args.size or (None if args.output else DEFAULT_SIZE)
+
+    def framing_for(avatar) -> Framing:
+        if size is None:
+            return Framing.native(avatar.size)
+        xy = avatar.landmarks[:, :2]
+        box = (*xy.min(axis=0), *xy.max(axis=0))
+        return Framing.cover(avatar.size, size, box)
+
+    live_input = args.input is None
+    source = open_source(args.input if args.input else args.camera, size=(640, 480) if live_input else None,
+                         fps=args.fps or DEFAULT_FPS, image_frames=None if (args.input is None or use_vcam or args.preview) and not args.output else 1)
+    sinks: list = []
+    tracker = None
+    loop = None
+    ok = False
+    try:
+        tracker = FaceTracker()
+        pipeline = AvatarPipeline(avatars, engine_cls, tracker, framing_for, mirror=args.mirror)
+        out_size = pipeline.output_size
+        fps = args.fps or (source.fps if not source.live else DEFAULT_FPS)
+        if use_vcam:
+            sinks.append(VirtualCameraSink(out_size, fps, backend=args.vcam_backend, device=args.vcam_device))
+            log.info("virtual camera: %s (%dx%d @ %g fps)", sinks[-1].device, *out_size, fps)
+        if args.output:
+            sinks.append(VideoFileSink(args.output, out_size, fps))
+        preview = PreviewWindow() if args.preview else None
+        if not sinks and preview is None:
+            raise AvatarcamError("nothing to show the avatar on: drop --no-virtual-cam, or add --output FILE or --preview")
+        # A file played into a live camera or window plays in real time; into a file, as fast as possible.
+        pace = not source.live and (use_vcam or preview is not None)
+        loop = LiveLoop(source, pipeline, sinks, preview=preview, pace=pace, max_frames=args.max_frames)
+        signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+        try:
+            stats = loop.run()
+        except KeyboardInterrupt:
+            stats = loop.stats
+        if preview is not None:
+            preview.close()
+        if not source.live and stats.frames and stats.frames_with_face == 0:
+            raise AvatarcamError(f"no face found in any frame of {args.input}; the driving video must show a face")
+        ok = True
+        log.info("%s", stats.summary())
+        return 0
+    finally:
+        for sink in sinks:
+            if ok or not hasattr(sink, "abort"):
+                sink.close()
+            else:
+                sink.abort()  # never leave a half-written file in place of the user's
+        source.close()
+        if tracker is not None:
+            tracker.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="avatarcam: %(message)s", stream=sys.stderr)
+    try:
+        return run(args)
+    except AvatarcamError as e:
+        print(f"avatarcam: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Named index sets of MediaPipe's 478-point face mesh, its triangle topology, and
+plain measurements on landmark arrays (mouth/eye opening, head angles).
+
+All landmark arrays here are ``(478, 3)`` float arrays in pixels: x right, y down, z
+(MediaPipe's relative depth scaled like x) growing away from the camera.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from functools import lru_cache
+
+import numpy as np
+
+NUM_LANDMARKS = 478
+NUM_MESH_POINTS = 468  # the tessellated surface; 468..477 are the two irises
+
+# "Right"/"left" are the subject's: the right eye appears on the image's left.
+RIGHT_EYE_CORNERS = (33, 133)
+LEFT_EYE_CORNERS = (263, 362)
+# Upper/lower lid points, paired so that each upper point sits above its lower partner.
+RIGHT_EYE_UPPER = (246, 161, 160, 159, 158, 157, 173)
+RIGHT_EYE_LOWER = (7, 163, 144, 145, 153, 154, 155)
+LEFT_EYE_UPPER = (466, 388, 387, 386, 385, 384, 398)
+LEFT_EYE_LOWER = (249, 390, 373, 374, 380, 381, 382)
+RIGHT_EYE = RIGHT_EYE_CORNERS + RIGHT_EYE_UPPER + RIGHT_EYE_LOWER
+LEFT_EYE = LEFT_EYE_CORNERS + LEFT_EYE_UPPER + LEFT_EYE_LOWER
+RIGHT_IRIS = (468, 469, 470, 471, 472)  # centre first
+LEFT_IRIS = (473, 474, 475, 476, 477)
+RIGHT_BROW = (46, 53, 52, 65, 55, 70, 63, 105, 66, 107)
+LEFT_BROW = (276, 283, 282, 295, 285, 300, 293, 334, 296, 336)
+
+MOUTH_CORNERS = (61, 291)
+INNER_LIP_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+INNER_LIP_LOWER = (95, 88, 178, 87, 14, 317, 402, 318, 324)
+OUTER_LIP_UPPER = (185, 40, 39, 37, 0, 267, 269, 270, 409)
+OUTER_LIP_LOWER = (146, 91, 181, 84, 17, 314, 405, 321, 375)
+MOUTH = MOUTH_CORNERS + INNER_LIP_UPPER + INNER_LIP_LOWER + OUTER_LIP_UPPER + OUTER_LIP_LOWER
+UPPER_LIP_MID, LOWER_LIP_MID = 13, 14
+
+FOREHEAD_TOP, CHIN, NOSE_TIP = 10, 152, 1
+# The face outline, in order around the face (starting at the top of the forehead, going
+# towards the subject's left, i.e. the image's right).
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378,
+             400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21,
+             54, 103, 67, 109)
+# Points that move with the skull but barely with expression: forehead, nose bridge, eye
+# corners, temples and upper cheeks. Head pose is fitted on these alone, so opening the
+# mouth or raising the brows is not mistaken for a head movement.
+STABLE = (10, 338, 297, 332, 109, 67, 103, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 33, 133,
+          362, 263, 234, 454, 127, 356, 93, 323, 98, 327, 50, 280, 116, 345)
+
+
+@lru_cache(maxsize=1)
+def face_triangles() -> np.ndarray:
+    """The 852 triangles of MediaPipe's canonical face mesh, as ``(852, 3)`` int32.
+
+    MediaPipe exports only the mesh's edges; its faces are the 3-cycles of that graph,
+    less the two 3-cycles that are not faces (recognisable because each of their edges
+    would then border three triangles, impossible on a surface).
+    """
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+
+    edges = {tuple(sorted(e)) for e in FACEMESH_TESSELATION}
+    neighbours: dict[int, set[int]] = {}
+    for a, b in edges:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    cycles = {tuple(sorted((a, b, c))) for a, b in edges for c in neighbours[a] & neighbours[b]}
+    uses = Counter(e for t in cycles for e in itertools.combinations(t, 2))
+    faces = [t for t in cycles if not all(uses[e] == 3 for e in itertools.combinations(t, 2))]
+    return np.array(sorted(faces), dtype=np.int32)
+
+
+def _dist(points: np.ndarray, a: int, b: int) -> float:
+    return float(np.linalg.norm(points[a, :2] - points[b, :2]))
+
+
+def eye_width(points: np.ndarray, side: str) -> float:
+    corners = RIGHT_EYE_CORNERS if side == "right" else LEFT_EYE_CORNERS
+    return _dist(points, *corners)
+
+
+def eye_height(points: np.ndarray, side: str) -> float:
+    """Mean lid gap of one eye, in pixels."""
+    upper, lower = (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER) if side == "right" else (LEFT_EYE_UPPER, LEFT_EYE_LOWER)
+    return float(np.mean(np.linalg.norm(points[list(upper), :2] - points[list(lower), :2], axis=1)))
+
+
+def eye_opening(points: np.ndarray) -> float:
+    """Lid gap over eye width, averaged over both eyes (about 0.25-0.35 open, < 0.1 closed)."""
+    return 0.5 * sum(eye_height(points, s) / max(eye_width(points, s), 1e-6) for s in ("right", "left"))
+
+
+def mouth_width(points: np.ndarray) -> float:
+    return _dist(points, *MOUTH_CORNERS)
+
+
+def mouth_opening(points: np.ndarray) -> float:
+    """Inner-lip gap over mouth width (0 closed, about 0.5 and more wide open)."""
+    return _dist(points, UPPER_LIP_MID, LOWER_LIP_MID) / max(mouth_width(points), 1e-6)
+
+
+def face_width(points: np.ndarray) -> float:
+    return _dist(points, 234, 454)
+
+
+def face_height(points: np.ndarray) -> float:
+    return _dist(points, FOREHEAD_TOP, CHIN)
+
+
+def head_axes(points: np.ndarray) -> np.ndarray:
+    """The head's orientation as a 3x3 rotation whose columns are the face's right, down
+    and forward (into the screen) axes in camera space, from landmarks alone."""
+    x = points[LEFT_EYE_CORNERS[0]] - points[RIGHT_EYE_CORNERS[0]]  # towards the image's right when frontal
+    x += points[454] - points[234]
+    y = points[CHIN] - points[FOREHEAD_TOP]
+    x = x / np.linalg.norm(x)
+    z = np.cross(x, y)
+    z /= np.linalg.norm(z)
+    y = np.cross(z, x)
+    return np.stack([x, y, z], axis=1)
+
+
+def head_angles(points: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees. Yaw > 0: the face turns towards the image's right;
+    pitch > 0: chin up; roll > 0: the head tilts clockwise in the image."""
+    r = head_axes(points)
+    forward = r[:, 2]
+    yaw = float(np.degrees(np.arctan2(-forward[0], forward[2])))
+    pitch = float(np.degrees(np.arctan2(forward[1], np.hypot(forward[0], forward[2]))))
+    right = r[:, 0]
+    roll = float(np.degrees(np.arctan2(right[1], right[0])))
+    return yaw, pitch, roll

@@ -1,0 +1,168 @@
+"""Retargeting: the driver's motion, relative to its neutral face, moved onto the avatar.
+
+The driver's landmarks are split into a rigid head motion (similarity fitted on points
+that expressions barely move) and a residual expression. The expression is measured in
+the driver's own neutral frame, rotated into the avatar's frame and rescaled part by part
+to the avatar's proportions (eyes by eye size, mouth by mouth width, the rest by face
+size), so a wide-faced driver moves a narrow-faced portrait without widening it. The head
+motion is then applied to the avatar's own 3D landmarks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatarcam import landmarks as lm
+from avatarcam.geometry import Similarity, clamp_rotation, fit_similarity
+from avatarcam.tracking import TrackedFace
+
+_STABLE = list(lm.STABLE)
+_RIGHT_EYE = list(lm.RIGHT_EYE + lm.RIGHT_IRIS)
+_LEFT_EYE = list(lm.LEFT_EYE + lm.LEFT_IRIS)
+_MOUTH = list(lm.MOUTH)
+
+
+@dataclass
+class AvatarPose:
+    """Where the avatar's landmarks should be in this frame (avatar image pixels)."""
+
+    landmarks: np.ndarray  # (478, 3)
+    head: np.ndarray  # 2x3 affine: the head's in-image motion, for hair, neck and background
+
+    @property
+    def xy(self) -> np.ndarray:
+        return self.landmarks[:, :2]
+
+
+def _ratio(avatar_size: float, driver_size: float, lo: float = 0.5, hi: float = 2.0) -> float:
+    return float(np.clip(avatar_size / max(driver_size, 1e-6), lo, hi))
+
+
+class Retargeter:
+    """Turns tracked driver faces into :class:`AvatarPose` for one avatar.
+
+    The first face seen becomes the driver's neutral reference; ``request_neutral()``
+    re-takes it from the next face. While the face is lost the avatar holds its last
+    pose for ``hold_s`` seconds, then eases back to its own neutral; a face that comes
+    back is blended in over about ``recover_s`` rather than popping in.
+    """
+
+    def __init__(self, avatar_landmarks: np.ndarray, proportions: dict[str, float], *,
+                 max_rotation_deg: float = 40.0, max_translation: float = 0.6, scale_range: tuple[float, float] = (0.75, 1.33),
+                 hold_s: float = 0.5, ease_s: float = 0.6, recover_s: float = 0.12) -> None:
+        self.avatar = np.asarray(avatar_landmarks, dtype=np.float64)
+        self.proportions = proportions
+        self.max_rotation = math.radians(max_rotation_deg)
+        self.max_translation = max_translation * proportions["face_width"]
+        self.scale_range = scale_range
+        self.hold_s, self.ease_s, self.recover_s = hold_s, ease_s, recover_s
+        self._center = self.avatar[_STABLE].mean(axis=0)
+        self._axes = lm.head_axes(self.avatar)  # columns: the avatar face's right/down/forward
+        self.neutral: np.ndarray | None = None
+        self._align: Similarity | None = None
+        self._local_scale: np.ndarray | None = None
+        self._want_neutral = True
+        self._current = self.avatar.copy()
+        self._last_t: float | None = None
+        self._recovering = False
+        self._lost_since: float | None = None
+
+    # -- neutral reference -------------------------------------------------------------
+    def request_neutral(self) -> None:
+        """Take the next tracked face as the driver's neutral."""
+        self._want_neutral = True
+
+    def set_neutral(self, driver: np.ndarray) -> None:
+        driver = np.asarray(driver, dtype=np.float64)
+        self.neutral = driver.copy()
+        self._want_neutral = False
+        # Driver neutral -> avatar: the frame change for expression offsets.
+        self._align = fit_similarity(driver[_STABLE], self.avatar[_STABLE])
+        s = self._align.scale
+        p = self.proportions
+        face = (_ratio(p["face_width"], s * lm.face_width(driver)), _ratio(p["face_height"], s * lm.face_height(driver)))
+        scale = np.empty((lm.NUM_LANDMARKS, 3))
+        scale[:] = (face[0], face[1], face[0])
+        for side, idx in (("right", _RIGHT_EYE), ("left", _LEFT_EYE)):
+            wx = _ratio(p[f"{side}_eye_width"], s * lm.eye_width(driver, side))
+            hy = _ratio(p[f"{side}_eye_height"], s * lm.eye_height(driver, side), 0.4, 2.5)
+            scale[idx] = (wx, hy, wx)
+        m = _ratio(p["mouth_width"], s * lm.mouth_width(driver))
+        scale[_MOUTH] = (m, m, m)
+        self._local_scale = scale
+
+    # -- per frame -----------------------------------------------------------------------
+    def target(self, driver: np.ndarray) -> np.ndarray:
+        """Avatar landmarks for a driver face (no smoothing in time)."""
+        assert self.neutral is not None and self._align is not None and self._local_scale is not None
+        driver = np.asarray(driver, dtype=np.float64)
+        motion = fit_similarity(self.neutral[_STABLE], driver[_STABLE])
+        # Expression: what is left once the head motion is undone, in the neutral's frame.
+        expression = motion.inverse_apply(driver) - self.neutral
+        expression = self._align.scale * expression @ self._align.rotation.T
+        local = expression @ self._axes * self._local_scale  # in the avatar face's own axes
+        shaped = self.avatar + local @ self._axes.T
+        shaped = self._keep_lids_apart(shaped)
+
+        rotation = clamp_rotation(motion.rotation, self.max_rotation)
+        scale = float(np.clip(motion.scale, *self.scale_range))
+        shift = self._align.scale * (motion.dst_center - motion.src_center) @ self._align.rotation.T
+        shift[2] = 0.0
+        norm = np.linalg.norm(shift[:2])
+        if norm > self.max_translation:
+            shift[:2] *= self.max_translation / norm
+        return scale * (shaped - self._center) @ rotation.T + self._center + shift
+
+    def _keep_lids_apart(self, points: np.ndarray) -> np.ndarray:
+        """A blink may close the lids, never cross them; irises stay between the lids."""
+        down = self._axes[:, 1]
+        for upper, lower, iris in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS),
+                                   (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS)):
+            u, lo = list(upper), list(lower)
+            gap = (points[lo] - points[u]) @ down
+            crossed = gap < 0
+            if crossed.any():
+                mid = 0.5 * (points[u][crossed] + points[lo][crossed])
+                points[np.array(u)[crossed]] = mid
+                points[np.array(lo)[crossed]] = mid
+            top = float((points[u] @ down).min())
+            bottom = float((points[lo] @ down).max())
+            iris_idx = list(iris)
+            depth = points[iris_idx] @ down
+            clipped = np.clip(depth, min(top, bottom), max(top, bottom))
+            points[iris_idx] += np.outer(clipped - depth, down)
+        return points
+
+    def update(self, face: TrackedFace | None, now: float) -> AvatarPose:
+        """The avatar pose for this frame; ``face`` is None when no face was found."""
+        dt = 0.0 if self._last_t is None else max(0.0, now - self._last_t)
+        self._last_t = now
+        if face is not None:
+            if self._want_neutral:
+                self.set_neutral(face.landmarks)
+            goal = self.target(face.landmarks)
+            if self._recovering:
+                k = 1.0 - math.exp(-dt / self.recover_s) if dt > 0 else 0.3
+                self._current = self._current + k * (goal - self._current)
+                if np.abs(goal - self._current).max() < 0.5:
+                    self._recovering = False
+            else:
+                self._current = goal
+            self._lost_since = None
+        else:
+            if self._lost_since is None:
+                self._lost_since = now
+            self._recovering = True
+            if now - self._lost_since > self.hold_s and dt > 0:
+                k = 1.0 - math.exp(-dt / self.ease_s)
+                self._current = self._current + k * (self.avatar - self._current)
+        return self.pose(self._current)
+
+    def pose(self, points: np.ndarray) -> AvatarPose:
+        head = fit_similarity(self.avatar[_STABLE, :2], points[_STABLE, :2]).as_affine_2d()
+        return AvatarPose(points.copy(), head)
+
+    def neutral_pose(self) -> AvatarPose:
+        return self.pose(self.avatar)
