@@ -148,12 +148,10 @@ def run(args: argparse.Namespace) -> int:
                          fps=args.fps or DEFAULT_FPS, image_frames=None if (args.input is None or use_vcam or args.preview) and not args.output else 1)
     sinks: list = []
     tracker = None
-    loop = None
     ok = False
     try:
-        tracker = FaceTracker()
-        pipeline = AvatarPipeline(avatars, engine_cls, tracker, framing_for, mirror=args.mirror)
-        out_size = pipeline.output_size
+        # Sinks open before the tracker starts, so a missing virtual camera is reported at once.
+        out_size = framing_for(avatars[0]).output_size
         fps = args.fps or (source.fps if not source.live else DEFAULT_FPS)
         if use_vcam:
             sinks.append(VirtualCameraSink(out_size, fps, backend=args.vcam_backend, device=args.vcam_device))
@@ -163,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         preview = PreviewWindow() if args.preview else None
         if not sinks and preview is None:
             raise AvatarcamError("nothing to show the avatar on: drop --no-virtual-cam, or add --output FILE or --preview")
+        tracker = FaceTracker()
+        pipeline = AvatarPipeline(avatars, engine_cls, tracker, framing_for, mirror=args.mirror)
         # A file played into a live camera or window plays in real time; into a file, as fast as possible.
         pace = not source.live and (use_vcam or preview is not None)
         loop = LiveLoop(source, pipeline, sinks, preview=preview, pace=pace, max_frames=args.max_frames)
@@ -189,9 +189,29 @@ def run(args: argparse.Namespace) -> int:
             tracker.close()
 
 
+def _hide_native_stderr() -> None:
+    """Send what native libraries print on file descriptor 2 (MediaPipe's TFLite and absl
+    start-up notes, from its own threads at any time) to /dev/null, while Python's
+    ``sys.stderr`` keeps writing to the terminal: the user sees avatarcam's lines only.
+    ``AVATARCAM_DEBUG=1`` keeps everything."""
+    if os.environ.get("AVATARCAM_DEBUG"):
+        return
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded, some IDEs)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # only as the program itself, not when called from Python code
+        _hide_native_stderr()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="avatarcam: %(message)s", stream=sys.stderr)
     try:

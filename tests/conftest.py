@@ -1,0 +1,79 @@
+"""Shared fixtures: real faces from installed packages, the shared clips, a prepared avatar."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture(scope="session")
+def faces_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faces")
+
+
+@pytest.fixture(scope="session")
+def astronaut_path(faces_dir) -> Path:
+    from skimage import data
+
+    return _write_rgb(faces_dir / "astronaut.png", data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def grace_path(faces_dir) -> Path:
+    from matplotlib import cbook
+
+    src = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    path = faces_dir / "grace_hopper.jpg"
+    path.write_bytes(Path(src).read_bytes())
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "driving").is_dir():
+        pytest.skip(f"shared evaluation data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never read or write the user's real avatar cache."""
+    os.environ["AVATARCAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("avatar-cache"))
+
+
+def prepare(paths, cache_dir=None):
+    from avatarcam.avatar import AvatarCache, prepare_avatar
+    from avatarcam.engines import WarpEngine
+
+    cache = AvatarCache(cache_dir) if cache_dir is not None else AvatarCache()
+    avatar = prepare_avatar([str(p) for p in paths], engine_version=WarpEngine.version,
+                            prepare_engine_data=WarpEngine.prepare, cache=cache)
+    return avatar, cache
+
+
+@pytest.fixture(scope="session")
+def astronaut_avatar(astronaut_path):
+    return prepare([astronaut_path])[0]
+
+
+@pytest.fixture(scope="session")
+def grace_avatar(grace_path):
+    return prepare([grace_path])[0]
+
+
+def detect(image: np.ndarray):
+    """Landmarks MediaPipe finds in an image (largest face), or None."""
+    from avatarcam.tracking import detect_faces
+
+    found = detect_faces(image, max_faces=1)
+    return found[0] if found else None
