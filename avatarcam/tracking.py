@@ -39,7 +39,7 @@ class LandmarkFilter:
     1.4 ms a frame here, as long as Face Mesh itself; this is the same filter vectorised.)
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 25.0, d_cutoff: float = 1.0) -> None:
+    def __init__(self, min_cutoff: float = 0.5, beta: float = 8.0, d_cutoff: float = 1.0) -> None:
         self.min_cutoff = min_cutoff
         self.beta = beta
         self.d_cutoff = d_cutoff
@@ -56,14 +56,16 @@ class LandmarkFilter:
         return 1.0 / (1.0 + tau / dt)
 
     def __call__(self, points: np.ndarray, timestamp: float, scale: float) -> np.ndarray:
-        if self._x is None or self._t is None or timestamp <= self._t:
-            self._x, self._dx, self._t = points.copy(), np.zeros(len(points)), timestamp
+        if self._x is None or self._dx is None or self._t is None or timestamp <= self._t:
+            self._x, self._dx, self._t = points.copy(), np.zeros_like(points), timestamp
             return points.copy()
         dt = timestamp - self._t
-        speed = np.linalg.norm(points - self._x, axis=1) / (dt * max(scale, 1e-6))
+        # The velocity is smoothed as a vector before its size is taken: jitter's random
+        # steps cancel out there, a real movement's do not.
         a_d = self._alpha(self.d_cutoff, dt)
-        self._dx = a_d * speed + (1.0 - a_d) * self._dx
-        a = self._alpha(self.min_cutoff + self.beta * self._dx, dt)[:, None]
+        self._dx = a_d * (points - self._x) / dt + (1.0 - a_d) * self._dx
+        speed = np.linalg.norm(self._dx, axis=1) / max(scale, 1e-6)
+        a = self._alpha(self.min_cutoff + self.beta * speed, dt)[:, None]
         self._x = a * points + (1.0 - a) * self._x
         self._t = timestamp
         return self._x.copy()

@@ -66,8 +66,9 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     oval = face[list(lm.FACE_OVAL)]
     center = oval.mean(axis=0)
     chin_y = face[lm.CHIN, 1]
-    margin = 2.0
     min_gap = 0.06 * avatar.proportions["face_width"]
+    # Rings keep clear of the border, so the triangles along it stretch only gently.
+    edge_gap = max(min_gap, 8.0)
 
     border = []
     steps = 6
@@ -83,7 +84,7 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
         for o in oval[::stride]:
             p = center + factor * (o - center)
             # Keep rings inside the photo, so the border's own points are the only ones on it.
-            p = np.clip(p, margin + 1, [w - 1 - margin - 1, h - 1 - margin - 1])
+            p = np.clip(p, edge_gap, [w - 1 - edge_gap, h - 1 - edge_gap])
             if min(np.linalg.norm(t - p, axis=1).min() for t in taken + ([np.array(outer)] if outer else [])) < min_gap:
                 continue
             outer.append(p)
@@ -132,13 +133,29 @@ class WarpEngine:
             self._tex_scale = 1.0 / self.framing.scale
             texture = cv2.resize(texture, None, fx=self._tex_scale, fy=self._tex_scale, interpolation=cv2.INTER_AREA)
         self._texture = np.ascontiguousarray(texture)
+        # Grid samples run from the first to the last output pixel inclusive, so the
+        # outermost pixels get exact values (a pinned border stays exactly pinned).
         ow, oh = self.framing.output_size
-        self._grid_w = -(-ow // grid_step)
-        self._grid_h = -(-oh // grid_step)
+        self._grid_w = -(-(ow - 1) // grid_step) + 1
+        self._grid_h = -(-(oh - 1) // grid_step) + 1
+        self._spacing = np.array([(ow - 1) / max(self._grid_w - 1, 1), (oh - 1) / max(self._grid_h - 1, 1)])
+        self._upsample = np.array([[1 / self._spacing[0], 0, 0], [0, 1 / self._spacing[1], 0]])
         gy, gx = np.mgrid[0:self._grid_h, 0:self._grid_w].astype(np.float64)
         self._grid_uv1 = np.stack([gx, gy, np.ones_like(gx)], axis=-1)
-        out_xy = (np.stack([gx, gy], axis=-1) + 0.5) * grid_step - 0.5
+        out_xy = np.stack([gx, gy], axis=-1) * self._spacing
         self._identity = self.framing.to_avatar(out_xy)  # for pixels no triangle covers
+        # Samples on the photo's own border show exactly that border pixel, whatever
+        # triangle the rasteriser's rounding assigned them to.
+        aw, ah = avatar.size
+        ix, iy = self._identity[..., 0], self._identity[..., 1]
+        self._pinned = (np.isclose(ix, 0) | np.isclose(ix, aw - 1) | np.isclose(iy, 0) | np.isclose(iy, ah - 1))
+        lips = avatar.landmarks[list(lm.MOUTH), :2].round().astype(int)
+        lips = lips.clip(0, [aw - 1, ah - 1])
+        # A mouth opened wider than the photo shows is filled with a dark cavity tinted
+        # like this avatar's lips, not with stretched lip texture.
+        self._cavity_color = avatar.image[lips[:, 1], lips[:, 0]].reshape(-1, 3).mean(axis=0) * 0.25
+        self._src_gap = float(np.linalg.norm(avatar.landmarks[lm.UPPER_LIP_MID, :2] - avatar.landmarks[lm.LOWER_LIP_MID, :2]))
+        self._mouth_width = lm.mouth_width(avatar.landmarks)
 
     @staticmethod
     def _signed_area(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
@@ -163,8 +180,7 @@ class WarpEngine:
         face = face[np.argsort(-depth, kind="stable")]  # far first, near drawn over it
         tris = np.vstack([self._back, face])
 
-        step = self.grid_step
-        grid = (self.framing.to_output(dst) + 0.5) / step - 0.5
+        grid = self.framing.to_output(dst) / self._spacing
         ids = np.full((self._grid_h, self._grid_w), -1, dtype=np.int32)
         fixed = np.round(grid * 16).astype(np.int32)
         for k, t in enumerate(tris):
@@ -178,13 +194,32 @@ class WarpEngine:
         covered = ids >= 0
         src = self._identity.copy()
         src[covered] = np.einsum("nk,nkj->nj", self._grid_uv1[covered], affine[ids[covered]])
+        src[self._pinned] = self._identity[self._pinned]
         src *= self._tex_scale
-        ow, oh = self.framing.output_size
-        full = cv2.resize(src.astype(np.float32), (self._grid_w * step, self._grid_h * step),
-                          interpolation=cv2.INTER_LINEAR)
-        return full[:oh, :ow]
+        return cv2.warpAffine(src.astype(np.float32), self._upsample, self.framing.output_size,
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
     def render(self, pose: AvatarPose) -> np.ndarray:
         """The avatar in this pose, RGB uint8 of the framing's output size."""
         m = self.source_map(pose)
-        return cv2.remap(self._texture, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        image = cv2.remap(self._texture, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self._fill_mouth(image, pose)
+        return image
+
+    def _fill_mouth(self, image: np.ndarray, pose: AvatarPose) -> None:
+        gap = float(np.linalg.norm(pose.xy[lm.UPPER_LIP_MID] - pose.xy[lm.LOWER_LIP_MID]))
+        strength = float(np.clip((gap - self._src_gap - 1.0) / (0.08 * self._mouth_width), 0.0, 1.0))
+        if strength <= 0.0:
+            return
+        ring = self.framing.to_output(pose.xy[list(_INNER_LIPS_RING)])
+        h, w = image.shape[:2]
+        x0, y0 = np.floor(ring.min(axis=0)).astype(int) - 2
+        x1, y1 = np.ceil(ring.max(axis=0)).astype(int) + 3
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 <= x0 or y1 <= y0:
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+        cv2.fillPoly(mask, [np.round((ring - (x0, y0)) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        alpha = (cv2.GaussianBlur(mask, (3, 3), 0) * (0.9 * strength))[..., None]
+        roi = image[y0:y1, x0:x1]
+        roi[:] = (roi * (1.0 - alpha) + self._cavity_color * alpha).astype(np.uint8)

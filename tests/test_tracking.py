@@ -1,0 +1,101 @@
+"""Face tracking on real faces: landmarks, smoothing, lost state, head-angle conventions."""
+import cv2
+import numpy as np
+import pytest
+
+from avatarcam import landmarks as lm
+from avatarcam.geometry import euler_rotation, fit_similarity
+from avatarcam.tracking import FaceTracker, LandmarkFilter, TrackingState, detect_faces
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()
+
+
+def test_tracker_gives_478_pixel_landmarks_with_iris(astronaut):
+    with FaceTracker(smoothing=False) as tracker:
+        face = tracker.process(astronaut, 0.0)
+    assert face is not None and face.landmarks.shape == (478, 3)
+    xy = face.landmarks[:, :2]
+    assert (xy > 0).all() and (xy < 512).all()
+    # Each iris centre lies between the corners of its own eye.
+    for iris, (a, b) in ((lm.RIGHT_IRIS[0], lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS[0], lm.LEFT_EYE_CORNERS)):
+        lo, hi = sorted((xy[a, 0], xy[b, 0]))
+        assert lo < xy[iris, 0] < hi
+    assert tracker.state is TrackingState.TRACKING
+
+
+def test_lost_face_state_and_time(astronaut):
+    with FaceTracker() as tracker:
+        assert tracker.state is TrackingState.SEARCHING and tracker.lost_for(0.0) == np.inf
+        assert tracker.process(astronaut, 0.0) is not None
+        blank = np.full_like(astronaut, 128)
+        assert tracker.process(blank, 0.5) is None
+        assert tracker.state is TrackingState.LOST
+        assert tracker.lost_for(1.5) == pytest.approx(1.5)
+        assert tracker.process(astronaut, 2.0) is not None
+        assert tracker.state is TrackingState.TRACKING and tracker.lost_for(2.0) == 0.0
+
+
+def test_filter_removes_shimmer_of_a_still_face_and_follows_a_fast_turn(astronaut):
+    base = detect_faces(astronaut)[0]
+    scale = lm.face_width(base)
+    rng = np.random.default_rng(0)
+    f = LandmarkFilter()
+    # Still face with MediaPipe-like jitter (0.3% of the face width): far steadier after.
+    noisy, smooth = [], []
+    for k in range(90):
+        x = base + rng.normal(0, 0.003 * scale, base.shape)
+        noisy.append(x)
+        smooth.append(f(x, k / 30, scale))
+    jitter_in = np.std(np.array(noisy[30:]), axis=0).mean()
+    jitter_out = np.std(np.array(smooth[30:]), axis=0).mean()
+    assert jitter_out < 0.35 * jitter_in
+    # Fast turn: the head sweeps a face width in 0.3 s; the filter must not trail it by
+    # more than a small fraction of that once the motion is under way.
+    lags = []
+    for k in range(9):
+        x = base + np.array([scale * (k + 1) / 9, 0.0, 0.0])
+        y = f(x, 3.0 + (k + 1) / 30, scale)
+        lags.append(np.abs(y - x)[:, 0].mean())
+    assert max(lags) < 0.06 * scale and lags[-1] < 0.03 * scale
+
+
+def test_head_angle_conventions_on_a_real_face(astronaut):
+    base = detect_faces(astronaut)[0]
+    center = base[list(lm.STABLE)].mean(axis=0)
+    y0, p0, r0 = lm.head_angles(base)
+    for yaw, pitch, roll in ((20, 0, 0), (0, 15, 0), (0, 0, 10)):
+        moved = (base - center) @ euler_rotation(yaw, pitch, roll).T + center
+        y, p, r = lm.head_angles(moved)
+        assert (y - y0, p - p0, r - r0) == pytest.approx((yaw, pitch, roll), abs=2.0)
+
+
+def test_rotating_the_photo_is_measured_as_roll(astronaut):
+    """A real image rotation (not landmark arithmetic) gives the roll sign we document."""
+    h, w = astronaut.shape[:2]
+    base = detect_faces(astronaut)[0]
+    center = tuple(base[lm.NOSE_TIP, :2])
+    rot = cv2.getRotationMatrix2D(center, -12, 1.0)  # OpenCV: negative angle = clockwise
+    turned = cv2.warpAffine(astronaut, rot, (w, h), borderMode=cv2.BORDER_REFLECT)
+    moved = detect_faces(turned)[0]
+    assert lm.head_angles(moved)[2] - lm.head_angles(base)[2] == pytest.approx(12, abs=3)
+    sim = fit_similarity(base[list(lm.STABLE), :2], moved[list(lm.STABLE), :2])
+    assert sim.scale == pytest.approx(1.0, abs=0.05)
+
+
+def test_detect_faces_returns_largest_first():
+    from skimage import data
+    from matplotlib import cbook
+
+    grace = cv2.cvtColor(cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))), cv2.COLOR_BGR2RGB)
+    canvas = np.full((600, 1024, 3), 255, np.uint8)
+    canvas[:, :512] = grace[:600, :512]
+    canvas[44:556, 512:] = data.astronaut()
+    faces = detect_faces(canvas)
+    assert len(faces) == 2
+    assert lm.face_width(faces[0]) > 1.2 * lm.face_width(faces[1])
+    assert faces[0][:, 0].mean() < 512 < faces[1][:, 0].mean()  # Grace's face is the larger
