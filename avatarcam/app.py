@@ -4,6 +4,7 @@ wires them together and keeps time."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class LiveLoop:
         self.message = ""
         self._message_until = 0.0
         self.stats = RunStats()
-        self._running = False
+        self._stop = threading.Event()
         self._done_times: deque[float] = deque(maxlen=30)
 
     # -- hotkeys ----------------------------------------------------------------------------
@@ -110,17 +111,17 @@ class LiveLoop:
         self.message, self._message_until = text, time.perf_counter() + 2.0
 
     def stop(self) -> None:
-        """Ask a running loop to finish after the current frame (e.g. from a signal handler)."""
-        self._running = False
+        """Ask the loop to finish after the current frame (e.g. from a signal handler);
+        a stop asked before ``run()`` starts is kept."""
+        self._stop.set()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> RunStats:
         stats = self.stats
         frames = paced(self.source) if self.pace else iter(self.source)
         start = time.perf_counter()
-        self._running = True
         try:
-            while self._running:
+            while not self._stop.is_set():
                 t_read = time.perf_counter()
                 frame = next(frames, None)
                 if frame is None:

@@ -43,11 +43,16 @@ def _positive(kind):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other avatarcam error
+        self.exit(2, f"{self.prog}: error: {message} (see avatarcam --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from avatarcam.app import HOTKEYS
 
     keys = "\n".join(f"  {k}  {text}" for k, _, text in HOTKEYS)
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="avatarcam",
         description="Drive a portrait with your webcam and send it to a virtual camera that Zoom, Meet "
                     "or OBS can pick (named after the virtual camera device, e.g. 'avatarcam').",
@@ -63,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of further avatars to switch between with [ and ]: each image is one avatar, "
                         "each sub-folder of images one person")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--camera", default="0", metavar="N|PATH",
+    src.add_argument("--camera", metavar="N|PATH",
                      help="webcam index or device path (default 0)")
     src.add_argument("--input", metavar="VIDEO",
                      help="drive from a video file (or an image) instead of the webcam")
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         return Framing.cover(avatar.size, size, box)
 
     live_input = args.input is None
-    source = open_source(args.input if args.input else args.camera, size=(640, 480) if live_input else None,
+    camera = args.camera if args.camera is not None else "0"
+    source = open_source(args.input if args.input else camera, size=(640, 480) if live_input else None,
                          fps=args.fps or DEFAULT_FPS, image_frames=None if (args.input is None or use_vcam or args.preview) and not args.output else 1)
     sinks: list = []
     tracker = None
@@ -166,11 +172,14 @@ def run(args: argparse.Namespace) -> int:
         # A file played into a live camera or window plays in real time; into a file, as fast as possible.
         pace = not source.live and (use_vcam or preview is not None)
         loop = LiveLoop(source, pipeline, sinks, preview=preview, pace=pace, max_frames=args.max_frames)
-        signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+        # SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: files are finalised.
+        previous = signal.signal(signal.SIGTERM, lambda *_: loop.stop())
         try:
             stats = loop.run()
         except KeyboardInterrupt:
             stats = loop.stats
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if preview is not None:
             preview.close()
         if not source.live and stats.frames and stats.frames_with_face == 0:
