@@ -49,8 +49,10 @@ class RunStats:
 
     def summary(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
+        stages = ", ".join(f"{k} {np.median(v):.1f}" for k, v in self.stage_ms.items())
         return (f"{self.frames} frames in {self.seconds:.1f} s ({fps:.1f} fps), face in {self.frames_with_face}, "
-                f"dropped {self.dropped}, latency p50 {self.percentile(50):.1f} ms p99 {self.percentile(99):.1f} ms")
+                f"dropped {self.dropped}, latency p50 {self.percentile(50):.1f} ms p99 {self.percentile(99):.1f} ms "
+                f"(median ms per stage: {stages})")
 
 
 class LiveLoop:

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="webcam index or device path (default 0)")
     src.add_argument("--input", metavar="VIDEO",
                      help="drive from a video file (or an image) instead of the webcam")
+    p.add_argument("--camera-size", type=_size, default=(640, 480), metavar="WxH",
+                   help="resolution asked of the webcam (default 640x480: enough for tracking, cheap to decode)")
     p.add_argument("--output", metavar="FILE",
                    help="also write the avatar video to FILE (.mp4 or .y4m); with --input, every input frame "
                         "is rendered and avatarcam exits at the end")
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _avatar_groups(faces: Sequence[str], avatars_dir: str | None) -> list[list[str]]:
     groups = [list(faces)] if faces else []
+    given = len(groups)
     if avatars_dir:
         root = Path(avatars_dir)
         if not root.is_dir():
@@ -108,7 +111,7 @@ def _avatar_groups(faces: Sequence[str], avatars_dir: str | None) -> list[list[s
                 photos = sorted(str(f) for f in entry.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
                 if photos:
                     groups.append(photos)
-        if len(groups) == len([g for g in [faces] if g]):
+        if len(groups) == given:
             raise AvatarcamError(f"--avatars {avatars_dir}: no images (.jpg .png .webp) found")
     if not groups:
         raise AvatarcamError("no face given: pass a portrait with --face IMG")
@@ -148,10 +151,10 @@ def run(args: argparse.Namespace) -> int:
         box = (*xy.min(axis=0), *xy.max(axis=0))
         return Framing.cover(avatar.size, size, box)
 
-    live_input = args.input is None
     camera = args.camera if args.camera is not None else "0"
-    source = open_source(args.input if args.input else camera, size=(640, 480) if live_input else None,
-                         fps=args.fps or DEFAULT_FPS, image_frames=None if (args.input is None or use_vcam or args.preview) and not args.output else 1)
+    # A still image as driver: one frame into a file, or held for as long as a live run lasts.
+    source = open_source(args.input if args.input else camera, size=args.camera_size if args.input is None else None,
+                         fps=args.fps or DEFAULT_FPS, image_frames=1 if args.output else None)
     sinks: list = []
     tracker = None
     ok = False
