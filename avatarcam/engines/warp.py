@@ -108,6 +108,24 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             "outer_triangles": outside, "hole_triangles": np.vstack(holes)}
 
 
+def _affine_maps(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """For each triangle, the (3, 2) matrix taking ``[u, v, 1]`` in ``dst`` to ``src``.
+
+    Closed-form inverse of the (3, 3) vertex matrices; ``np.linalg.solve`` on a thousand
+    tiny systems costs ten times more. Degenerate triangles get a zero map: they cover
+    no grid sample anyway."""
+    (x0, y0), (x1, y1), (x2, y2) = dst[:, 0].T, dst[:, 1].T, dst[:, 2].T
+    det = x0 * (y1 - y2) + x1 * (y2 - y0) + x2 * (y0 - y1)
+    safe = np.where(np.abs(det) < 1e-9, np.inf, det)
+    # Rows of the inverse of [[x0, y0, 1], [x1, y1, 1], [x2, y2, 1]], one per triangle.
+    inv = np.stack([
+        np.stack([y1 - y2, y2 - y0, y0 - y1], axis=-1),
+        np.stack([x2 - x1, x0 - x2, x1 - x0], axis=-1),
+        np.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], axis=-1),
+    ], axis=1) / safe[:, None, None]
+    return inv @ src
+
+
 class WarpEngine:
     """Renders an avatar for a target pose by warping its photo (CPU, no model)."""
 
@@ -182,15 +200,11 @@ class WarpEngine:
 
         grid = self.framing.to_output(dst) / self._spacing
         ids = np.full((self._grid_h, self._grid_w), -1, dtype=np.int32)
-        fixed = np.round(grid * 16).astype(np.int32)
-        for k, t in enumerate(tris):
-            cv2.fillConvexPoly(ids, fixed[t], k, lineType=cv2.LINE_8, shift=4)
-
-        # Affine map of every triangle from grid coordinates to source coordinates.
-        g = np.concatenate([grid[tris], np.ones((len(tris), 3, 1))], axis=2)
-        det = np.linalg.det(g)
-        g[np.abs(det) < 1e-9] = np.eye(3)  # degenerate: never drawn larger than a pixel anyway
-        affine = np.linalg.solve(g, self._src[tris])  # (T, 3, 2)
+        corners = grid[tris]  # (T, 3, 2)
+        polygons = np.round(corners * 16).astype(np.int32)
+        for k, polygon in enumerate(polygons):
+            cv2.fillConvexPoly(ids, polygon, k, lineType=cv2.LINE_8, shift=4)
+        affine = _affine_maps(corners, self._src[tris])
         covered = ids >= 0
         src = self._identity.copy()
         src[covered] = np.einsum("nk,nkj->nj", self._grid_uv1[covered], affine[ids[covered]])
