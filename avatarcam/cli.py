@@ -192,10 +192,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         for sink in sinks:
-            if ok or not hasattr(sink, "abort"):
+            # A failed render of a file must not replace the user's file with half a video;
+            # a live recording that ends in an error keeps what was recorded.
+            if ok or source.live or not hasattr(sink, "abort"):
                 sink.close()
             else:
-                sink.abort()  # never leave a half-written file in place of the user's
+                sink.abort()
         source.close()
         if tracker is not None:
             tracker.close()
