@@ -1,7 +1,6 @@
 """One frame through the stages: tracking → retarget → engine. No I/O, no windows."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,8 +13,6 @@ from avatarcam.framing import Framing
 from avatarcam.retarget import AvatarPose, Retargeter
 from avatarcam.sources import Frame
 from avatarcam.tracking import FaceTracker, TrackedFace
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -63,7 +63,7 @@ def test_several_photos_are_combined(tmp_path, grace_path, grace_avatar):
     """Few-shot: a second photo with closed eyes is not picked as the texture, yet its
     measurements count in the avatar's proportions (median over the photos)."""
     from avatarcam.engines import WarpEngine
-    from avatarcam.retarget import AvatarPose, Retargeter
+    from avatarcam.retarget import Retargeter
 
     points = grace_avatar.landmarks.copy()
     for upper, lower in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER)):
