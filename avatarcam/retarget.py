@@ -22,6 +22,7 @@ _STABLE = list(lm.STABLE)
 _RIGHT_EYE = list(lm.RIGHT_EYE + lm.RIGHT_IRIS)
 _LEFT_EYE = list(lm.LEFT_EYE + lm.LEFT_IRIS)
 _MOUTH = list(lm.MOUTH)
+_RIGHT_IRIS, _LEFT_IRIS = list(lm.RIGHT_IRIS), list(lm.LEFT_IRIS)
 
 
 @dataclass
@@ -30,6 +31,8 @@ class AvatarPose:
 
     landmarks: np.ndarray  # (478, 3)
     head: np.ndarray  # 2x3 affine: the head's in-image motion, for hair, neck and background
+    # How much upper/lower teeth the driver shows (0..1 each), from its frame's pixels.
+    teeth: tuple[float, float] = (0.0, 0.0)
 
     @property
     def xy(self) -> np.ndarray:
@@ -68,6 +71,7 @@ class Retargeter:
         self._last_t: float | None = None
         self._recovering = False
         self._lost_since: float | None = None
+        self._teeth = (0.0, 0.0)
 
     # -- neutral reference -------------------------------------------------------------
     def request_neutral(self) -> None:
@@ -103,6 +107,7 @@ class Retargeter:
         expression = motion.inverse_apply(driver) - self.neutral
         expression = self._align.scale * expression @ self._align.rotation.T
         local = expression @ self._axes * self._local_scale  # in the avatar face's own axes
+        local = self._steady_gaze(local, driver, motion.scale)
         shaped = self.avatar + local @ self._axes.T
         shaped = self._keep_lids_apart(shaped)
 
@@ -114,6 +119,18 @@ class Retargeter:
         if norm > self.max_translation:
             shift[:2] *= self.max_translation / norm
         return scale * (shaped - self._center) @ rotation.T + self._center + shift
+
+    def _steady_gaze(self, local: np.ndarray, driver: np.ndarray, scale: float) -> np.ndarray:
+        """Irises move with their eye, and look around on their own only as far as the
+        driver's eye is open: the iris points of a squinting or closing eye are guesses."""
+        for side, lids, iris in (("right", list(lm.RIGHT_EYE), _RIGHT_IRIS), ("left", list(lm.LEFT_EYE), _LEFT_IRIS)):
+            neutral = max(lm.eye_height(self.neutral, side), 1e-6)
+            open_share = lm.eye_height(driver, side) / (scale * neutral)
+            k = float(np.clip((open_share - 0.35) / 0.35, 0.0, 1.0))
+            if k < 1.0:
+                eye = local[lids].mean(axis=0)
+                local[iris] = eye + k * (local[iris] - eye)
+        return local
 
     def _keep_lids_apart(self, points: np.ndarray) -> np.ndarray:
         """A blink may close the lids, never cross them; irises stay between the lids."""
@@ -135,8 +152,11 @@ class Retargeter:
             points[iris_idx] += np.outer(clipped - depth, down)
         return points
 
-    def update(self, face: TrackedFace | None, now: float) -> AvatarPose:
-        """The avatar pose for this frame; ``face`` is None when no face was found."""
+    def update(self, face: TrackedFace | None, now: float, image: np.ndarray | None = None) -> AvatarPose:
+        """The avatar pose for this frame; ``face`` is None when no face was found.
+
+        ``image`` is the driver frame the face was found in; given, the pose says how
+        much teeth the driver shows (held, like the rest of the pose, while it is lost)."""
         dt = 0.0 if self._last_t is None else max(0.0, now - self._last_t)
         self._last_t = now
         if face is not None:
@@ -151,6 +171,8 @@ class Retargeter:
             else:
                 self._current = goal
             self._lost_since = None
+            if image is not None:
+                self._teeth = lm.teeth_showing(image, face.landmarks)
         else:
             if self._lost_since is None:
                 self._lost_since = now
@@ -158,11 +180,11 @@ class Retargeter:
             if now - self._lost_since > self.hold_s and dt > 0:
                 k = 1.0 - math.exp(-dt / self.ease_s)
                 self._current = self._current + k * (self.avatar - self._current)
-        return self.pose(self._current)
+        return self.pose(self._current, self._teeth)
 
-    def pose(self, points: np.ndarray) -> AvatarPose:
+    def pose(self, points: np.ndarray, teeth: tuple[float, float] = (0.0, 0.0)) -> AvatarPose:
         head = fit_similarity(self.avatar[_STABLE, :2], points[_STABLE, :2]).as_affine_2d()
-        return AvatarPose(points.copy(), head)
+        return AvatarPose(points.copy(), head, teeth)
 
     def neutral_pose(self) -> AvatarPose:
         return self.pose(self.avatar)

@@ -6,6 +6,7 @@ MediaPipe from its pixels alone.
 """
 import numpy as np
 import pytest
+from conftest import detect
 
 from avatarcam import landmarks as lm
 from avatarcam.engines import WarpEngine
@@ -13,7 +14,6 @@ from avatarcam.framing import Framing
 from avatarcam.geometry import euler_rotation
 from avatarcam.retarget import Retargeter
 from avatarcam.tracking import TrackedFace
-from conftest import detect
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,10 @@ def test_blink_closes_the_avatars_eyes(rig, grace_avatar):
     closed = close_eyes(driver)
     # The lids of the avatar meet (measured on the target landmarks) ...
     assert lm.eye_opening(retarget.target(closed)) < 0.25 * lm.eye_opening(grace_avatar.landmarks)
-    # ... and the rendered eyes are seen narrower. (Version one stretches the lid texture;
-    # a full, clean blink is the warp-quality issue's.)
+    # ... and the rendered eyes are seen (nearly) shut, behind glasses too: lid skin
+    # covers the opening (version one stretched the lash line: only 8% narrower).
     _, found = render(rig, closed)
-    assert lm.eye_opening(found) < 0.92 * lm.eye_opening(base)
+    assert lm.eye_opening(found) < 0.6 * lm.eye_opening(base)
 
 
 def test_wide_driver_does_not_widen_the_portrait(grace_avatar, astronaut_avatar):

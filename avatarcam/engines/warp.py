@@ -1,14 +1,23 @@
 """The mesh-warp engine: renders the avatar photo warped onto the target landmarks.
 
 The photo is covered by one fixed triangle mesh: MediaPipe's face tessellation, the eye
-and mouth openings it leaves (eyes include the iris points, so gaze moves the iris), and
-an outer mesh from the face outline through two rings of points (hair and ears, then
-neck and background) to points pinned on the photo's border, which therefore never
-moves. Each frame the target mesh is rasterised into a triangle-index image on a coarse
+and mouth openings it leaves, and an outer mesh from the face outline through two rings
+of points (hair and ears, then further out) to points pinned on the photo's border,
+which therefore never moves. The rings sit on a shell at the depth of the face outline
+and turn with the head in 3D; below the chin (neck, shoulders) they follow it less and
+less. Each frame the target mesh is rasterised into a triangle-index image on a coarse
 grid (far triangles first, turned-away ones dropped), every grid point gets its source
 position from its triangle's affine map, and the dense map is upsampled and applied with
 one ``cv2.remap``. The map is smooth inside triangles, so a grid of 4 px loses nothing
 visible and costs a sixteenth of a per-pixel rasteriser.
+
+Layers, all made once at prepare time: the person (MediaPipe selfie segmentation) is
+warped with its soft alpha over a background plate filled in behind them, so a moving
+head reveals background, not smeared pixels (where nothing moved, the photo itself
+shows). The irises are their own layer over an eye texture showing sclera only, so gaze
+moves them without smearing the eye. Closing eyes blend in a lid texture (the opening
+filled with lid skin and a lash line) instead of stretching the lash line; an open
+mouth gets a dark cavity and shaded teeth where the driver shows teeth.
 """
 from __future__ import annotations
 
@@ -18,16 +27,25 @@ import numpy as np
 from avatarcam import landmarks as lm
 from avatarcam.avatar import Avatar
 from avatarcam.framing import Framing
+from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
+from avatarcam.segmentation import fill_background, person_mask, push_pull_fill
 
-VERSION = "warp-1"
+VERSION = "warp-2"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
 _INNER_LIPS_RING = lm.INNER_LIP_UPPER + tuple(reversed(lm.INNER_LIP_LOWER))
+_EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
 # How much of the head's motion each outer ring follows (hair/ears, then further out).
+# Background under the rings comes from the plate, so they can follow the head closely.
 _RING_FACTORS = (1.35, 1.9)
-_RING_WEIGHTS = (0.9, 0.45)
+_RING_WEIGHTS = (1.0, 0.85)
+# The lid texture fully replaces the eye once the lid gap falls to this share of the
+# photo's, and starts to show below _LID_START.
+_LID_START, _LID_FULL = 0.6, 0.2
+# The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
+_IRIS_REACH = 1.15
 
 
 def _delaunay(points: np.ndarray) -> np.ndarray:
@@ -60,7 +78,9 @@ def _triangles_inside(points: np.ndarray, ids: np.ndarray, ring: tuple[int, ...]
 
 
 def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
-    """The engine's per-avatar data: outer control points, their weights, the extra triangles."""
+    """The engine's per-avatar data: outer control points (weights, depths), the extra
+    triangles, and the layers: person alpha, background plate, closed-lid patch, the
+    eyes without irises and the irises."""
     w, h = avatar.size
     face = avatar.landmarks[:, :2]
     oval = face[list(lm.FACE_OVAL)]
@@ -88,24 +108,151 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             if min(np.linalg.norm(t - p, axis=1).min() for t in taken + ([np.array(outer)] if outer else [])) < min_gap:
                 continue
             outer.append(p)
-            # Below the chin lie neck and shoulders, which follow the head far less.
-            below = np.clip((p[1] - chin_y) / max(avatar.proportions["face_height"], 1.0), 0.0, 1.0)
-            weights.append(weight * (1.0 - 0.7 * below))
+            # Below the chin lie neck and shoulders, which follow the head less and less
+            # (not at all from 0.3 face heights below the chin).
+            below = np.clip((p[1] - chin_y + 0.1 * avatar.proportions["face_height"]) / max(0.4 * avatar.proportions["face_height"], 1.0), 0.0, 1.0)
+            weights.append(weight * (1.0 - below))
     outer_pts = np.array(outer, dtype=np.float64).reshape(-1, 2)
     extra = np.vstack([outer_pts, border])
     extra_w = np.concatenate([np.array(weights), np.zeros(len(border))])
+    # Each outer point lies on a shell around the head at the depth of the nearest face
+    # outline point, so a turning head carries hair and ears round with it.
+    oval_z = avatar.landmarks[list(lm.FACE_OVAL), 2]
+    nearest = np.argmin(np.linalg.norm(extra[:, None] - oval[None], axis=2), axis=1)
+    extra_z = oval_z[nearest]
 
     all_pts = np.vstack([face, extra])
     n = lm.NUM_LANDMARKS
     outer_ids = np.concatenate([np.array(lm.FACE_OVAL), np.arange(n, n + len(extra))])
     outside = _triangles_inside(all_pts, outer_ids, lm.FACE_OVAL, keep_inside=False)
     holes = [
-        _triangles_inside(all_pts, np.array(_RIGHT_EYE_RING + lm.RIGHT_IRIS), _RIGHT_EYE_RING, True),
-        _triangles_inside(all_pts, np.array(_LEFT_EYE_RING + lm.LEFT_IRIS), _LEFT_EYE_RING, True),
+        # The eye opening follows the lids only; the iris is drawn over it as its own layer.
+        _triangles_inside(all_pts, np.array(_RIGHT_EYE_RING), _RIGHT_EYE_RING, True),
+        _triangles_inside(all_pts, np.array(_LEFT_EYE_RING), _LEFT_EYE_RING, True),
         _triangles_inside(all_pts, np.array(_INNER_LIPS_RING), _INNER_LIPS_RING, True),
     ]
+    alpha = person_mask(avatar.image, avatar.landmarks)
+    # MediaPipe's mask, upscaled from 256 px, fades over many pixels; a narrower edge
+    # keeps the plate from showing through the person's rim when the head moves.
+    alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
+    lids, lids_box = _closed_lids(avatar.image, avatar.landmarks)
+    sclera, irises, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
     return {"points": extra.astype(np.float32), "weights": extra_w.astype(np.float32),
-            "outer_triangles": outside, "hole_triangles": np.vstack(holes)}
+            "depths": extra_z.astype(np.float32),
+            "outer_triangles": outside, "hole_triangles": np.vstack(holes),
+            "person_alpha": np.round(alpha * 255).astype(np.uint8),
+            "background": fill_background(avatar.image, alpha),
+            "lids": lids, "lids_box": lids_box,
+            "sclera": sclera, "irises": irises, "iris_geometry": iris_geometry}
+
+
+def _iris_circle(points: np.ndarray, iris: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    center = points[iris[0], :2]
+    return center, float(np.linalg.norm(points[list(iris[1:]), :2] - center, axis=1).mean())
+
+
+def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The eyes split in two layers, so gaze moves the iris without smearing the sclera:
+
+    - the patch ``box`` of the photo with each iris painted over by the sclera around it;
+    - each iris as an RGBA square (2, S, S, 4) centred on it, its hidden parts (under
+      the lids) filled from its visible ones, alpha a soft disc;
+    - per iris its centre and radius in the photo, (2, 3): x, y, r.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    patch = image[y0:y1, x0:x1].astype(np.float32)
+    origin = np.array([x0, y0], dtype=np.float64)
+    circles = [_iris_circle(points, iris) for iris in (lm.RIGHT_IRIS, lm.LEFT_IRIS)]
+    size = int(np.ceil(2.0 * _IRIS_REACH * max(r for _, r in circles))) + 3 | 1
+    irises = np.zeros((2, size, size, 4), np.uint8)
+    sclera = patch.copy()
+    for k, ((center, radius), ring) in enumerate(zip(circles, _EYE_RINGS.values())):
+        opening = np.zeros(patch.shape[:2], np.float32)
+        cv2.fillPoly(opening, [np.round((points[list(ring), :2] - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        inside = opening.copy()
+        opening = cv2.erode(opening, np.ones((3, 3), np.uint8))  # lid edges are not sclera
+        disc = np.zeros_like(opening)
+        c = center - origin
+        cv2.circle(disc, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+        # Sclera: the brighter half of the opening outside the iris (not lashes or lid
+        # shadow), spread over the iris.
+        around = opening * (1.0 - np.clip(disc * 2, 0, 1))
+        luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
+        if (around > 0.5).sum() >= 4:
+            around = around * (luma >= np.percentile(luma[around > 0.5], 66))
+        filled = push_pull_fill(sclera, around)
+        cover = (disc * inside)[..., None]  # the lids over the iris stay as they are
+        sclera = sclera * (1.0 - cover) + filled * cover
+        # Iris: its visible pixels, spread under the lids.
+        valid = disc * opening
+        iris_full = push_pull_fill(patch, valid) if valid.sum() > 1 else patch
+        half = size // 2
+        shift = np.array([[1, 0, half - c[0]], [0, 1, half - c[1]]], dtype=np.float64)
+        rgb = cv2.warpAffine(iris_full, shift, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = np.zeros((size, size), np.float32)
+        cv2.circle(alpha, (half * 16, half * 16), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+        alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
+        irises[k] = np.dstack([np.clip(rgb + 0.5, 0, 255), alpha * 255 + 0.5]).astype(np.uint8)
+    geometry = np.array([[*c, r] for c, r in circles], dtype=np.float32)
+    return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, geometry
+
+
+def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A patch of the photo around both eyes with the eyes shut: the opening and the upper
+    lash line filled with the surrounding lid skin, a thin lash line drawn where the
+    upper lid's edge is. Returns the patch and its box ``(x0, y0, x1, y1)``.
+
+    The upper lid's edge is where the lids meet once the warp closes the eye (the lid
+    band above it is stretched down over the opening), so the line is drawn there."""
+    h, w = image.shape[:2]
+    xy = points[:, :2]
+    eye_w = max(lm.eye_width(points, "right"), lm.eye_width(points, "left"), 4.0)
+    rings = [xy[list(r)] for r in _EYE_RINGS.values()]
+    lo = np.floor(np.min([r.min(axis=0) for r in rings], axis=0) - 0.6 * eye_w).astype(int)
+    hi = np.ceil(np.max([r.max(axis=0) for r in rings], axis=0) + 0.6 * eye_w).astype(int)
+    x0, y0 = np.maximum(lo, 0)
+    x1, y1 = np.minimum(hi, [w, h])
+    patch = image[y0:y1, x0:x1].astype(np.float32)
+    origin = np.array([x0, y0], dtype=np.float64)
+    down = lm.head_axes(points)[:2, 1]
+    down = down / max(np.linalg.norm(down), 1e-6)
+    hole = np.zeros(patch.shape[:2], np.float32)
+    lines = []
+    for side in _EYE_RINGS:
+        width = lm.eye_width(points, side)
+        corners = xy[list(lm.RIGHT_EYE_CORNERS if side == "right" else lm.LEFT_EYE_CORNERS)]
+        upper = xy[list(lm.RIGHT_EYE_UPPER if side == "right" else lm.LEFT_EYE_UPPER)]
+        lower = xy[list(lm.RIGHT_EYE_LOWER if side == "right" else lm.LEFT_EYE_LOWER)]
+        # Opening plus the upper lashes above it; a little past the lower lid's edge.
+        poly = np.vstack([corners[:1], upper - 0.2 * width * down, corners[1:], lower[::-1] + 0.04 * width * down])
+        cv2.fillPoly(hole, [np.round((poly - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        edge = np.vstack([corners[:1], upper, corners[1:]]) - 0.02 * width * down
+        lines.append((edge - origin, width))
+    # Lashes and eyeliner reach past the lid's edge: dark pixels close to the opening
+    # are replaced too, and no dark pixel (lashes, brows) lends its colour to the lid.
+    luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
+    reach = max(3, round(0.22 * eye_w)) | 1
+    near = cv2.dilate((hole > 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
+    around = luma[(near > 0) & (hole < 0.5)]
+    dark = luma < 0.7 * (np.median(around) if len(around) else luma.mean())
+    hole = np.maximum(hole, ((near > 0) & dark).astype(np.float32))
+    grown = cv2.dilate(hole, np.ones((3, 3), np.uint8))
+    skin = push_pull_fill(patch, (1.0 - np.clip(grown, 0, 1)) * (~dark))
+    # The lash line's colour: the darkest tenth of the lid edge in the photo.
+    lash_px = patch[(near > 0) & dark]
+    lash = np.median(lash_px, axis=0) if len(lash_px) > 5 else 0.4 * np.median(skin.reshape(-1, 3), axis=0)
+    line = np.zeros(patch.shape[:2], np.float32)
+    for edge, width in lines:
+        thick = max(1, round(0.04 * width))
+        cv2.polylines(line, [np.round(edge * 16).astype(np.int32)], False, 1.0, thick, cv2.LINE_AA, shift=4)
+    # A closed lid is a little darker near its edge (the lashes' shadow).
+    shade = cv2.GaussianBlur(line, (0, 0), 2.0)[..., None]
+    line = cv2.GaussianBlur(line, (0, 0), 0.6)[..., None] * 0.85
+    closed = skin * (1.0 - 0.25 * shade)
+    closed = closed * (1.0 - line) + lash * line
+    feather = np.maximum(cv2.GaussianBlur(grown, (0, 0), max(1.0, 0.04 * eye_w)), grown)[..., None]
+    out = patch * (1.0 - feather) + closed * feather
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), np.array([x0, y0, x1, y1], dtype=np.int32)
 
 
 def _affine_maps(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -140,17 +287,26 @@ class WarpEngine:
         data = avatar.engine_data
         self._extra_src = data["points"].astype(np.float64)
         self._extra_w = data["weights"].astype(np.float64)[:, None]
+        self._extra_3d = np.hstack([self._extra_src, data["depths"].astype(np.float64)[:, None]])
+        self._stable_3d = avatar.landmarks[list(lm.STABLE)].astype(np.float64)
         self._src = np.vstack([avatar.landmarks[:, :2], self._extra_src])
         self._back = np.vstack([data["outer_triangles"], data["hole_triangles"]])
         self._face = lm.face_triangles()
         self._face_src_sign = np.sign(self._signed_area(self._src, self._face))
         # Shrink a photo much larger than the output once, so remap does not alias.
-        self._tex_scale = 1.0
-        texture = avatar.image
-        if self.framing.scale > 1.5:
-            self._tex_scale = 1.0 / self.framing.scale
-            texture = cv2.resize(texture, None, fx=self._tex_scale, fy=self._tex_scale, interpolation=cv2.INTER_AREA)
-        self._texture = np.ascontiguousarray(texture)
+        self._tex_scale = 1.0 / self.framing.scale if self.framing.scale > 1.5 else 1.0
+        lids = avatar.image.copy()
+        x0, y0, x1, y1 = (int(v) for v in data["lids_box"])
+        lids[y0:y1, x0:x1] = data["lids"]
+        self._lids = self._shrink(lids)
+        # The texture's eyes show sclera only; the irises are drawn where the pose puts them.
+        eyes = avatar.image.copy()
+        eyes[y0:y1, x0:x1] = data["sclera"]
+        self._texture = self._shrink(eyes)
+        self._irises = data["irises"]
+        self._iris_radius = data["iris_geometry"][:, 2].astype(np.float64)
+        self._lid_gap = {s: lm.eye_height(avatar.landmarks, s) for s in _EYE_RINGS}
+        self._alpha = self._shrink(data["person_alpha"])
         # Grid samples run from the first to the last output pixel inclusive, so the
         # outermost pixels get exact values (a pinned border stays exactly pinned).
         ow, oh = self.framing.output_size
@@ -162,6 +318,11 @@ class WarpEngine:
         self._grid_uv1 = np.stack([gx, gy, np.ones_like(gx)], axis=-1)
         out_xy = np.stack([gx, gy], axis=-1) * self._spacing
         self._identity = self.framing.to_avatar(out_xy)  # for pixels no triangle covers
+        # The background plate never moves: sample it into the output framing once.
+        oy, ox = np.mgrid[0:oh, 0:ow].astype(np.float32)
+        plate_map = self.framing.to_avatar(np.stack([ox, oy], axis=-1)).astype(np.float32) * self._tex_scale
+        self._plate = cv2.remap(self._shrink(data["background"]), plate_map[..., 0], plate_map[..., 1],
+                                cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # Samples on the photo's own border show exactly that border pixel, whatever
         # triangle the rasteriser's rounding assigned them to.
         aw, ah = avatar.size
@@ -172,6 +333,15 @@ class WarpEngine:
         # A mouth opened wider than the photo shows is filled with a dark cavity tinted
         # like this avatar's lips, not with stretched lip texture.
         self._cavity_color = avatar.image[lips[:, 1], lips[:, 0]].reshape(-1, 3).mean(axis=0) * 0.25
+        # Teeth are ivory lit like this face: about as bright as its skin allows, faintly
+        # tinted by the photo's colour cast (grey in a grey photo).
+        oval = np.round(avatar.landmarks[list(lm.FACE_OVAL), :2]).astype(np.int32)
+        face_mask = np.zeros(avatar.image.shape[:2], np.uint8)
+        cv2.fillConvexPoly(face_mask, cv2.convexHull(oval), 1)
+        skin = np.asarray(cv2.mean(avatar.image, face_mask)[:3])
+        cast = (skin / max(skin.mean(), 1.0)) ** 0.3
+        lum = float(np.clip(0.8 * skin.mean() + 70, 110, 230))
+        self._teeth_color = np.clip(np.array([1.0, 0.97, 0.9]) * cast * lum, 0, 255)
         self._src_gap = float(np.linalg.norm(avatar.landmarks[lm.UPPER_LIP_MID, :2] - avatar.landmarks[lm.LOWER_LIP_MID, :2]))
         self._mouth_width = lm.mouth_width(avatar.landmarks)
 
@@ -182,12 +352,20 @@ class WarpEngine:
 
     def control_points(self, pose: AvatarPose) -> np.ndarray:
         """Target positions of all mesh points: landmarks, then the outer points."""
-        moved = self._extra_src @ pose.head[:, :2].T + pose.head[:, 2]
+        # The head's 3D motion, fitted on the points expressions barely move.
+        head = fit_similarity(self._stable_3d, pose.landmarks[list(lm.STABLE)])
+        moved = head.apply(self._extra_3d)[:, :2]
         extra = self._extra_src + self._extra_w * (moved - self._extra_src)
         return np.vstack([pose.xy, extra])
 
     def source_map(self, pose: AvatarPose) -> np.ndarray:
         """For each output pixel, the avatar-photo position it shows: (H, W, 2) float32."""
+        return self._dense_map(pose, alpha=False)[0]
+
+    def _dense_map(self, pose: AvatarPose, alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The source map and (``alpha=True``) the person layer's weight on the grid,
+        float32 0..1: the person's alpha where things moved (by a pixel or more), 1 where
+        nothing did."""
         dst = self.control_points(pose)
         face = self._face
         area = self._signed_area(dst, face)
@@ -209,16 +387,94 @@ class WarpEngine:
         src = self._identity.copy()
         src[covered] = np.einsum("nk,nkj->nj", self._grid_uv1[covered], affine[ids[covered]])
         src[self._pinned] = self._identity[self._pinned]
-        src *= self._tex_scale
-        return cv2.warpAffine(src.astype(np.float32), self._upsample, self.framing.output_size,
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        dense = cv2.warpAffine((src * self._tex_scale).astype(np.float32), self._upsample, self.framing.output_size,
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        if not alpha:
+            return dense, None
+        # The person's alpha at each grid sample's source point; where nothing moved the
+        # photo itself shows (background and soft hair edge alike), so the filled-in
+        # plate appears only where the person moved away. A soft mask needs no per-pixel
+        # lookup: sampled on the grid and resized it costs a twentieth.
+        grid_src = (src * self._tex_scale).astype(np.float32)
+        person = cv2.remap(self._alpha, grid_src, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        still = np.clip(2.0 - 2.0 * np.linalg.norm(src - self._identity, axis=-1), 0.0, 1.0).astype(np.float32)
+        # The pinned border never moves, but the samples next to it may: taking their
+        # stillness keeps the resize from blending moved texture in along the border.
+        still[0], still[-1], still[:, 0], still[:, -1] = still[1], still[-2], still[:, 1], still[:, -2]
+        weight = np.maximum(person.astype(np.float32) * np.float32(1.0 / 255.0), still)
+        return dense, weight
+
+    def _composite(self, person: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """The person layer over the plate, blended only inside the box of grid samples
+        where the plate shows at all (often a small part of the frame)."""
+        low = weight < 1.0
+        if not low.any():
+            return person
+        rows, cols = np.flatnonzero(low.any(axis=1)), np.flatnonzero(low.any(axis=0))
+        (sx, sy), (ow, oh) = self._spacing, self.framing.output_size
+        x0, x1 = max(int((cols[0] - 1) * sx), 0), min(int((cols[-1] + 1) * sx) + 2, ow)
+        y0, y1 = max(int((rows[0] - 1) * sy), 0), min(int((rows[-1] + 1) * sy) + 2, oh)
+        dense = cv2.resize(weight, (ow, oh), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+        # OpenCV's blend is several times faster than numpy's arithmetic.
+        person[y0:y1, x0:x1] = cv2.blendLinear(person[y0:y1, x0:x1], self._plate[y0:y1, x0:x1], dense, 1.0 - dense)
+        return person
+
+    def _shrink(self, image: np.ndarray) -> np.ndarray:
+        if self._tex_scale != 1.0:
+            image = cv2.resize(image, None, fx=self._tex_scale, fy=self._tex_scale, interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(image)
 
     def render(self, pose: AvatarPose) -> np.ndarray:
         """The avatar in this pose, RGB uint8 of the framing's output size."""
-        m = self.source_map(pose)
-        image = cv2.remap(self._texture, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self._fill_mouth(image, pose)
-        return image
+        m, weight = self._dense_map(pose, alpha=True)
+        person = cv2.remap(self._texture, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self._draw_irises(person, pose)
+        self._close_lids(person, m, pose)
+        self._fill_mouth(person, pose)
+        return self._composite(person, weight)
+
+    def _draw_irises(self, image: np.ndarray, pose: AvatarPose) -> None:
+        """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave."""
+        h, w = image.shape[:2]
+        half = self._irises.shape[1] // 2
+        for k, (iris, ring) in enumerate(zip((lm.RIGHT_IRIS, lm.LEFT_IRIS), _EYE_RINGS.values())):
+            pts = self.framing.to_output(pose.xy[list(ring)])
+            x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int) - 1, 0)
+            x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 2, [w, h])
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            center, radius = _iris_circle(pose.landmarks, iris)
+            scale = radius / max(self._iris_radius[k], 1e-6) / self.framing.scale
+            c = self.framing.to_output(center) - (x0, y0)
+            place = np.array([[scale, 0, c[0] - scale * half], [0, scale, c[1] - scale * half]])
+            rgba = cv2.warpAffine(self._irises[k], place, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            opening = np.zeros((y1 - y0, x1 - x0), np.float32)
+            cv2.fillPoly(opening, [np.round((pts - (x0, y0)) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+            alpha = (rgba[..., 3].astype(np.float32) * (1.0 / 255.0) * opening)[..., None]
+            roi = image[y0:y1, x0:x1]
+            roi[:] = (roi * (1.0 - alpha) + rgba[..., :3] * alpha + 0.5).astype(np.uint8)
+
+    def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose) -> None:
+        """Blend in the lid texture over an eye whose lids have (nearly) met."""
+        h, w = image.shape[:2]
+        for side, ring in _EYE_RINGS.items():
+            ratio = lm.eye_height(pose.landmarks, side) / max(self._lid_gap[side], 1e-6)
+            closed = float(np.clip((_LID_START - ratio) / (_LID_START - _LID_FULL), 0.0, 1.0))
+            if closed <= 0.0:
+                continue
+            pts = self.framing.to_output(pose.xy[list(ring)])
+            size = float(np.ptp(pts[:, 0]))
+            x0, y0 = np.floor(pts.min(axis=0) - 0.5 * size).astype(int)
+            x1, y1 = np.ceil(pts.max(axis=0) + 0.5 * size).astype(int)
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            lid = cv2.remap(self._lids, m[y0:y1, x0:x1], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            if closed >= 1.0:
+                image[y0:y1, x0:x1] = lid
+            else:
+                cv2.addWeighted(lid, closed, image[y0:y1, x0:x1], 1.0 - closed, 0.0, dst=image[y0:y1, x0:x1])
 
     def _fill_mouth(self, image: np.ndarray, pose: AvatarPose) -> None:
         gap = float(np.linalg.norm(pose.xy[lm.UPPER_LIP_MID] - pose.xy[lm.LOWER_LIP_MID]))
@@ -232,8 +488,41 @@ class WarpEngine:
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if x1 <= x0 or y1 <= y0:
             return
+        origin = np.array([x0, y0], dtype=np.float64)
         mask = np.zeros((y1 - y0, x1 - x0), np.float32)
-        cv2.fillPoly(mask, [np.round((ring - (x0, y0)) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-        alpha = (cv2.GaussianBlur(mask, (3, 3), 0) * (0.9 * strength))[..., None]
+        cv2.fillPoly(mask, [np.round((ring - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        mask = cv2.GaussianBlur(mask, (3, 3), 0)
+        fill = np.empty(mask.shape + (3,), np.float32)
+        fill[:] = self._cavity_color
+        upper, lower = pose.teeth
+        if upper > 0.05 or lower > 0.05:
+            self._draw_teeth(fill, ring - origin, upper, lower)
+        alpha = (mask * (0.92 * strength))[..., None]
         roi = image[y0:y1, x0:x1]
-        roi[:] = (roi * (1.0 - alpha) + self._cavity_color * alpha).astype(np.uint8)
+        roi[:] = (roi * (1.0 - alpha) + fill * alpha).astype(np.uint8)
+
+    def _draw_teeth(self, fill: np.ndarray, ring: np.ndarray, upper: float, lower: float) -> None:
+        """Shaded upper/lower teeth bands under the lips, into the cavity colour ``fill``.
+
+        ``upper``/``lower`` (0..1) set how far each row shows below its lip."""
+        n_up = len(lm.INNER_LIP_UPPER)
+        top, bottom = ring[:n_up], ring[n_up:][::-1]  # both from one mouth corner to the other
+        width = max(float(np.linalg.norm(top[-1] - top[0])), 1.0)
+        teeth = np.zeros(fill.shape[:2], np.float32)
+        for edge, amount, reach in ((top, upper, 0.17), (bottom, lower, -0.11)):
+            if amount > 0.05:
+                band = np.vstack([edge, edge[::-1] + (0.0, reach * min(1.0, amount) * width)])
+                cv2.fillPoly(teeth, [np.round(band * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        # Shading: darker towards the mouth corners, where the teeth curve away into the
+        # cavity, with faint gaps between teeth (incisors widest); softened a little.
+        xs = np.arange(fill.shape[1], dtype=np.float32)[None, :]
+        mid = 0.5 * (top[0] + top[-1])
+        u = (xs - mid[0]) / (0.5 * width)
+        light = 0.35 + 0.65 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
+        # Tooth edges at |u| = 0.16, 0.3, 0.42, 0.52 ... (each tooth narrower in view).
+        phase = np.sqrt(np.abs(u)) * 7.0
+        gaps = np.exp(-(((phase + 0.5) % 1.0 - 0.5) ** 2) / 0.004)
+        light *= 1.0 - 0.12 * gaps * (np.abs(u) > 0.05)
+        teeth = cv2.GaussianBlur(teeth, (3, 3), 0)[..., None]
+        color = self._teeth_color[None, None, :] * light[..., None]
+        fill[:] = fill * (1.0 - teeth) + color * teeth

@@ -1,0 +1,88 @@
+"""Person/background layers of a still photo, made once when an avatar is prepared.
+
+MediaPipe's selfie segmentation (shipped in the mediapipe wheel) gives the person's
+soft mask; the background behind the person is then filled in, so an engine that moves
+the head can show background where the head used to be instead of smeared pixels.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+
+def person_mask(image: np.ndarray, face_points: np.ndarray | None = None) -> np.ndarray:
+    """Soft person mask of an RGB photo, float32 in [0, 1], same height and width.
+
+    Paintings and grey photos are segmented less surely than webcam frames, so when the
+    face's landmarks are given the face itself is always counted as person (MediaPipe
+    sometimes misses a pale forehead against a pale wall).
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    from mediapipe.python.solutions import selfie_segmentation
+
+    rgb = np.ascontiguousarray(image[..., :3])
+    # The general model (256x256) handles head-and-shoulders portraits of any framing;
+    # the landscape one is for 16:9 webcam frames.
+    with selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        mask = seg.process(rgb).segmentation_mask
+    mask = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+    if face_points is not None:
+        hull = cv2.convexHull(np.round(face_points[:, :2]).astype(np.int32))
+        face = np.zeros(mask.shape, np.uint8)
+        cv2.fillConvexPoly(face, hull, 1)
+        mask = np.maximum(mask, face.astype(np.float32))
+    # A little softening removes the model's 256-px staircase on large photos.
+    k = max(3, round(min(mask.shape) / 256) * 2 + 1)
+    return cv2.GaussianBlur(mask, (k, k), 0)
+
+
+def fill_background(image: np.ndarray, mask: np.ndarray, work_size: int = 256) -> np.ndarray:
+    """The photo with the person removed: the area under (a grown) ``mask`` is filled in
+    from the surrounding background, RGB uint8. Pixels well outside the person keep their
+    exact values, so a still background stays exactly as in the photo.
+
+    The fill runs on a downscaled copy (inpainting cost grows with the area filled) and
+    is blurred, since behind a head any sharp detail would be invented anyway.
+    """
+    h, w = mask.shape
+    hard = (mask > 0.05).astype(np.uint8)
+    grow = max(3, int(0.01 * max(h, w)))
+    hole = cv2.dilate(hard, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    if not hole.any():
+        return image.copy()
+    if hole.all():  # no background visible at all: a flat fill of the photo's mean colour
+        return np.broadcast_to(image.reshape(-1, 3).mean(axis=0).astype(np.uint8), image.shape).copy()
+    scale = min(1.0, work_size / max(h, w))
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA).astype(np.float32)
+    small_hole = cv2.resize(hole, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_NEAREST)
+    small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
+    filled = push_pull_fill(small, 1.0 - small_hole.astype(np.float32))
+    filled = cv2.resize(filled, (w, h), interpolation=cv2.INTER_CUBIC)
+    # Feather the fill into the real background over a few pixels.
+    blend = cv2.GaussianBlur(hole.astype(np.float32), (0, 0), grow / 3)[..., None]
+    blend = np.maximum(blend, hole[..., None].astype(np.float32))
+    out = image.astype(np.float32) * (1.0 - blend) + filled.astype(np.float32) * blend
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def push_pull_fill(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill the pixels where ``valid`` is 0 smoothly from those where it is 1 (push-pull:
+    a mask-weighted image pyramid averaged down, then filled back up). float32 in and out.
+
+    Unlike diffusion inpainting it leaves no radial streaks across a large hole."""
+    levels = []
+    img = image.astype(np.float32) * valid[..., None]
+    weight = valid.astype(np.float32)
+    while min(weight.shape) > 2:
+        levels.append((img, weight))
+        img = cv2.pyrDown(img)
+        weight = cv2.pyrDown(weight)
+    filled = img.sum(axis=(0, 1)) / max(float(weight.sum()), 1e-6) * np.ones_like(img)
+    for img, weight in reversed(levels):
+        up = cv2.resize(filled, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        known = np.clip(weight, 0.0, 1.0)[..., None]
+        mean = img / np.maximum(weight, 1e-6)[..., None]
+        filled = known * mean + (1.0 - known) * up
+    return filled

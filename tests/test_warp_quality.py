@@ -1,0 +1,242 @@
+"""Warp engine quality on real faces: layers, blinks, mouth interior, 3D head turns.
+
+Each test renders a real portrait and measures the result from its pixels (MediaPipe's
+re-detected landmarks, or colours of named regions), never from the engine's own state.
+"""
+import cv2
+import numpy as np
+import pytest
+from conftest import detect, prepare
+from test_render import close_eyes, open_mouth, turn
+
+from avatarcam import landmarks as lm
+from avatarcam.engines import WarpEngine
+from avatarcam.retarget import Retargeter
+
+
+@pytest.fixture(scope="module")
+def grace_rig(grace_avatar, astronaut_avatar):
+    driver = astronaut_avatar.landmarks.copy()
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.set_neutral(driver)
+    engine = WarpEngine(grace_avatar)
+    return driver, retarget, engine
+
+
+def _person_alpha(avatar):
+    return avatar.engine_data["person_alpha"].astype(np.float32) / 255.0
+
+
+# -- layers --------------------------------------------------------------------------------
+def test_person_layer_covers_the_person_not_the_background(grace_avatar):
+    alpha = _person_alpha(grace_avatar)
+    h, w = alpha.shape
+    xy = grace_avatar.landmarks[:, :2]
+    face = xy.mean(axis=0).astype(int)
+    assert alpha[face[1], face[0]] > 0.95
+    # Grace Hopper's photo: flag and wall in both top corners, her uniform at the bottom middle.
+    assert alpha[: h // 6, : w // 8].mean() < 0.05 and alpha[: h // 6, -w // 8:].mean() < 0.05
+    assert alpha[-h // 10:, w // 3: 2 * w // 3].mean() > 0.9
+    # The plate keeps the real background far from the person, and has no person in it.
+    plate = grace_avatar.engine_data["background"].astype(int)
+    far = alpha < 0.01
+    assert np.abs(plate[far] - grace_avatar.image[far]).mean() < 3
+    skin = grace_avatar.image[face[1] - 5: face[1] + 5, face[0] - 5: face[0] + 5].reshape(-1, 3).mean(axis=0)
+    assert np.abs(plate[face[1], face[0]] - skin).sum() > 60
+
+
+def test_moving_head_reveals_background_and_leaves_it_still(grace_rig, grace_avatar):
+    driver, retarget, engine = grace_rig
+    width = lm.face_width(driver)
+    moved = turn(driver, yaw=20, roll=8) + np.array([0.25 * width, 0.0, 0.0])
+    out = engine.render(retarget.pose(retarget.target(moved))).astype(int)
+    photo = grace_avatar.image.astype(int)
+    alpha = _person_alpha(grace_avatar)
+    xy = grace_avatar.landmarks[:, :2]
+    center = xy.mean(axis=0)
+    h, w = alpha.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    dist = np.hypot(xs - center[0], ys - center[1])
+    # Background far from the head (and from anything segmented as person) is exactly
+    # the photo's, while the head moved.
+    clear = cv2.distanceTransform((alpha < 0.05).astype(np.uint8), cv2.DIST_L2, 5) > 0.03 * max(h, w)
+    far_background = clear & (dist > 1.2 * lm.face_height(grace_avatar.landmarks))
+    assert far_background.sum() > 0.1 * h * w
+    # (Sub-pixel motions are shown, and OpenCV's remap tables are exact to 1/32 px: a
+    # sharp edge may change a few levels. Version one moved this area: mean 13.5, p99 190.)
+    diff = np.abs(out[far_background] - photo[far_background])
+    assert diff.mean() < 0.6 and np.percentile(diff, 99) <= 10
+    # Where the head was (left of it now), the frame shows background colours, not skin or
+    # hair dragged across: closer to the wall/flag around the head than to the face.
+    found = detect(out.astype(np.uint8))
+    assert found is not None and found[:, 0].mean() > center[0] + 0.15 * width
+    left_edge = xy[:, 0].min()
+    band = (xs > left_edge) & (xs < left_edge + 0.12 * width) & (np.abs(ys - center[1]) < 0.3 * width)
+    face_color = photo[int(center[1]) - 10: int(center[1]) + 10, int(center[0]) - 10: int(center[0]) + 10].reshape(-1, 3).mean(axis=0)
+    near_bg = (alpha < 0.05) & (dist < 1.0 * lm.face_height(grace_avatar.landmarks)) & (ys < center[1])
+    bg_color = photo[near_bg].mean(axis=0)
+    revealed = out[band].mean(axis=0)
+    assert np.abs(revealed - bg_color).sum() < np.abs(revealed - face_color).sum()
+
+
+def test_hair_follows_the_head_and_shoulders_barely_move(grace_rig, grace_avatar):
+    driver, retarget, engine = grace_rig
+    width = lm.face_width(driver)
+    pose = retarget.pose(retarget.target(driver + np.array([0.2 * width, 0.0, 0.0])))
+    shows = engine.source_map(pose)
+    h, w = shows.shape[:2]
+    xs = np.arange(w)[None, :]
+    shift = xs - shows[..., 0]  # how far right each pixel's content moved
+    xy = grace_avatar.landmarks[:, :2]
+    fw, fh = grace_avatar.proportions["face_width"], grace_avatar.proportions["face_height"]
+    top = xy[lm.FOREHEAD_TOP]
+    head = shift[int(xy[lm.NOSE_TIP, 1]), int(xy[lm.NOSE_TIP, 0])]
+    assert head > 0.15 * fw
+    # Hair/cap above the forehead moves (almost) as the head does.
+    hair = shift[int(top[1] - 0.15 * fh), int(top[0])]
+    assert hair > 0.8 * head
+    # Shoulders, well below and beside the chin, stay nearly where they were.
+    chin = xy[lm.CHIN]
+    y = int(min(chin[1] + 0.6 * fh, h - 5))
+    for x in (chin[0] - 1.0 * fw, chin[0] + 1.0 * fw):
+        assert abs(shift[y, int(np.clip(x, 0, w - 1))]) < 0.25 * head
+
+
+# -- eyes ----------------------------------------------------------------------------------
+def _driver_frames(path, frames):
+    from avatarcam.sources import VideoFileSource
+    from avatarcam.tracking import FaceTracker
+
+    faces = []
+    with FaceTracker(smoothing=False) as tracker:
+        source = VideoFileSource(str(path))
+        try:
+            for i, frame in enumerate(source):
+                if i >= frames:
+                    break
+                face = tracker.process(frame.image, frame.timestamp)
+                if face is not None:
+                    faces.append((frame.image, face.landmarks))
+        finally:
+            source.close()
+    assert len(faces) > 0.9 * frames
+    return faces
+
+
+@pytest.fixture(scope="module")
+def blinking_driver(shared_data):
+    """A real blink: a man in glasses talking to his webcam closes his eyes in frame ~11."""
+    faces = _driver_frames(shared_data / "driving" / "lp_d9_man_glasses_talking.mp4", 30)
+    openings = [lm.eye_opening(p) for _, p in faces]
+    closed = int(np.argmin(openings))
+    assert openings[closed] < 0.4 * openings[0]  # the clip really blinks
+    reopened = closed + int(np.argmax(openings[closed:]))
+    return faces[0][1], faces[closed][1], faces[reopened][1]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("portrait", ["mona_lisa__avatarify_mona.jpg", "woman_photo__sadtalker_people_0.png"])
+def test_real_blink_closes_the_lids_and_reopens(shared_data, blinking_driver, portrait):
+    neutral, closed, reopened = blinking_driver
+    avatar, _ = prepare([shared_data / "portraits" / portrait])
+    retarget = Retargeter(avatar.landmarks, avatar.proportions)
+    retarget.set_neutral(neutral)
+    engine = WarpEngine(avatar)
+    base = detect(engine.render(retarget.neutral_pose()))
+    shut = detect(engine.render(retarget.pose(retarget.target(closed))))
+    again = detect(engine.render(retarget.pose(retarget.target(reopened))))
+    assert base is not None and shut is not None and again is not None
+    # Re-detected from the pixels: the avatar's eyes are seen (nearly) shut, as the
+    # driver's are (version one only narrowed them by 15-30%) ...
+    assert lm.eye_opening(shut) < 0.45 * lm.eye_opening(base)
+    assert lm.eye_opening(shut) < lm.eye_opening(closed) + 0.08
+    # ... and open again as wide as before.
+    assert lm.eye_opening(again) > 0.85 * lm.eye_opening(base)
+
+
+def test_closed_lids_are_skin_not_eye(grace_rig, grace_avatar):
+    """Over a shut eye the avatar shows lid skin: no dark iris or white sclera is left."""
+    driver, retarget, engine = grace_rig
+    pose = retarget.pose(retarget.target(close_eyes(driver)))
+    out = engine.render(pose).astype(float)
+    for iris in (lm.RIGHT_IRIS, lm.LEFT_IRIS):
+        # Where the iris was in the photo and the lids now meet.
+        c = grace_avatar.landmarks[iris[0], :2].round().astype(int)
+        r = max(2, int(0.3 * np.linalg.norm(grace_avatar.landmarks[iris[1], :2] - grace_avatar.landmarks[iris[3], :2])))
+        lid = out[c[1] - r: c[1] + r + 1, c[0] - r: c[0] + r + 1].reshape(-1, 3)
+        photo_iris = grace_avatar.image[c[1] - r: c[1] + r + 1, c[0] - r: c[0] + r + 1].reshape(-1, 3).astype(float)
+        cheek = grace_avatar.landmarks[[50, 280][iris == lm.LEFT_IRIS], :2].round().astype(int)
+        skin = grace_avatar.image[cheek[1] - 3: cheek[1] + 4, cheek[0] - 3: cheek[0] + 4].reshape(-1, 3).mean(axis=0)
+        assert np.abs(lid.mean(axis=0) - skin).sum() < 0.6 * np.abs(photo_iris.mean(axis=0) - skin).sum()
+
+
+def test_gaze_moves_the_iris_within_the_eye(grace_rig):
+    driver, retarget, engine = grace_rig
+    base = detect(engine.render(retarget.pose(retarget.target(driver))))
+    looks = driver.copy()
+    for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
+        eye_w = np.linalg.norm(driver[corners[0], :2] - driver[corners[1], :2])
+        looks[list(iris), 0] += 0.18 * eye_w  # both eyes look towards the image's right
+    found = detect(engine.render(retarget.pose(retarget.target(looks))))
+    assert found is not None
+    for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
+        eye_w = np.linalg.norm(base[corners[0], :2] - base[corners[1], :2])
+        moved = (found[iris[0], 0] - found[list(corners), 0].mean()) - (base[iris[0], 0] - base[list(corners), 0].mean())
+        assert moved > 0.05 * eye_w
+
+
+# -- mouth ---------------------------------------------------------------------------------
+def _mouth_regions(found):
+    """Pixel positions just below the upper inner lip, just above the lower inner lip, and
+    on the lower lip, from landmarks re-detected in a render."""
+    upper = found[list(lm.INNER_LIP_UPPER[4:7]), :2].mean(axis=0)
+    lower = found[list(lm.INNER_LIP_LOWER[3:6]), :2].mean(axis=0)
+    lip = found[list(lm.OUTER_LIP_LOWER[3:6]), :2].mean(axis=0)
+    return upper + 0.2 * (lower - upper), lower + 0.35 * (upper - lower), lip
+
+
+def _patch(image, point, r=2):
+    x, y = np.round(point).astype(int)
+    return image[y - r: y + r + 1, x - r: x + r + 1].reshape(-1, 3).astype(float).mean(axis=0)
+
+
+def test_open_mouth_shows_teeth_only_when_the_driver_does(grace_rig):
+    driver, retarget, engine = grace_rig
+    target = retarget.target(open_mouth(driver, 0.5))
+    dark = engine.render(retarget.pose(target))
+    teeth = engine.render(retarget.pose(target, teeth=(1.0, 0.0)))
+    found = detect(teeth)
+    assert found is not None and lm.mouth_opening(found) > 0.15
+    below_upper_lip, above_lower_lip, lip = _mouth_regions(found)
+    # Without teeth: a dark cavity, darker than the lips.
+    assert _patch(dark, below_upper_lip).mean() < 0.7 * _patch(dark, lip).mean()
+    # With upper teeth: bright and nearly grey (not lip-red) under the upper lip; the
+    # lower part of the cavity stays dark.
+    t = _patch(teeth, below_upper_lip)
+    assert t.mean() > 1.4 * _patch(dark, below_upper_lip).mean() and t.mean() > _patch(teeth, lip).mean()
+    assert t.max() - t.min() < 0.45 * t.mean()
+    assert _patch(teeth, above_lower_lip).mean() < 0.7 * t.mean()
+
+
+@pytest.mark.shared
+def test_teeth_are_detected_in_real_frames(shared_data):
+    """A real grin shows upper teeth; a closed mouth shows none."""
+    faces = _driver_frames(shared_data / "driving" / "lp_d0_man_greenscreen_expressions.mp4", 78)
+    openings = [lm.mouth_opening(p) for _, p in faces]
+    grin = faces[int(np.argmax(openings))]
+    closed = faces[int(np.argmin(openings))]
+    upper, _ = lm.teeth_showing(*grin)
+    assert upper > 0.4
+    assert lm.teeth_showing(*closed) == (0.0, 0.0)
+
+
+# -- head pose -----------------------------------------------------------------------------
+@pytest.mark.parametrize("axis, degrees", [("yaw", -30), ("yaw", 30), ("pitch", -20), ("pitch", 20)])
+def test_large_head_turns_follow_the_driver(grace_rig, axis, degrees):
+    driver, retarget, engine = grace_rig
+    base = detect(engine.render(retarget.pose(retarget.target(driver))))
+    found = detect(engine.render(retarget.pose(retarget.target(turn(driver, **{axis: degrees})))))
+    assert found is not None, "the turned avatar must still be a face"
+    k = ("yaw", "pitch").index(axis)
+    change = lm.head_angles(found)[k] - lm.head_angles(base)[k]
+    assert np.sign(change) == np.sign(degrees) and abs(change) > 0.4 * abs(degrees)
