@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 
 from avatarcam.pipeline import AvatarPipeline, FrameResult
 from avatarcam.sinks import Sink
-from avatarcam.sources import FrameSource, paced
+from avatarcam.sources import CameraLost, Frame, FrameSource, paced
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ HOTKEYS: tuple[tuple[str, str, str], ...] = (
     ("q", "quit", "quit (also Esc)"),
 )
 _KEY_ACTIONS = {ord(k): action for k, action, _ in HOTKEYS} | {27: "quit"}
+_FILLER_DUE = object()  # LiveLoop._read_live: no camera frame, send a filler frame
+
+
+def _samples() -> array:
+    return array("f")  # 4 bytes a sample, not a 32-byte Python float: a day-long call stays small
 
 
 @dataclass
@@ -39,9 +45,21 @@ class RunStats:
     frames: int = 0
     frames_with_face: int = 0
     dropped: int = 0
-    latency_ms: list[float] = field(default_factory=list)  # frame captured/read → handed to the sinks
-    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    latency_ms: array = field(default_factory=_samples)  # frame captured/read → handed to the sinks
+    stage_ms: dict[str, array] = field(default_factory=dict)
     seconds: float = 0.0
+    filler_frames: int = 0  # sent while the camera gave nothing new (repeats, "reconnecting" frames)
+    camera_losses: int = 0
+    history: int = 108_000  # samples kept once there are twice as many (an hour at 30 fps)
+
+    def add(self, latency_ms: float, stage_s: dict[str, float]) -> None:
+        """Record one frame's latency and per-stage times (given in seconds)."""
+        self.latency_ms.append(latency_ms)
+        for k, v in stage_s.items():
+            self.stage_ms.setdefault(k, _samples()).append(1000.0 * v)
+        if len(self.latency_ms) > 2 * self.history:  # bounded memory however long the run
+            for samples in (self.latency_ms, *self.stage_ms.values()):
+                del samples[: len(samples) - self.history]
 
     def percentile(self, q: float, values: Sequence[float] | None = None) -> float:
         data = self.latency_ms if values is None else values
@@ -57,11 +75,20 @@ class RunStats:
 
 class LiveLoop:
     """Runs ``pipeline`` over ``source`` into ``sinks`` until the source ends, ``max_frames``
-    is reached, or the user quits. ``preview`` is an optional window with hotkeys."""
+    frames were sent, or the user quits. ``preview`` is an optional window with hotkeys.
+
+    With a live source the sinks get a frame at least every ``1 / fps`` seconds whatever
+    the camera does: a late camera frame is bridged by repeating the last output, and a
+    lost camera (or one silent for ``stall_s``) by the avatar easing to neutral, dimmed,
+    with a small "reconnecting" note, until the camera is back.
+    """
 
     def __init__(self, source: FrameSource, pipeline: AvatarPipeline, sinks: Iterable[Sink], *,
-                 preview=None, pace: bool = False, max_frames: int | None = None) -> None:
+                 preview=None, pace: bool = False, max_frames: int | None = None,
+                 fps: float | None = None, stall_s: float = 2.0) -> None:
         self.source = source
+        self.fps = float(fps or source.fps or 30.0)
+        self.stall_s = stall_s
         self.pipeline = pipeline
         self.sinks = list(sinks)
         self.preview = preview
@@ -75,6 +102,9 @@ class LiveLoop:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._done_times: deque[float] = deque(maxlen=30)
+        self._last_image: np.ndarray | None = None
+        self._last_frame_at: float | None = None  # when the camera last gave a frame
+        self._lost_since: float | None = None  # camera counted as lost since
 
     # -- hotkeys ----------------------------------------------------------------------------
     def handle_key(self, key: int) -> bool:
@@ -92,7 +122,11 @@ class LiveLoop:
             if len(p.avatars) < 2:
                 self._say("only one avatar loaded (use --avatars DIR for more)")
             else:
-                self._say(f"avatar: {p.switch(1 if action == 'next' else -1).name}")
+                avatar = p.switch(1 if action == 'next' else -1)
+                if avatar is not None:
+                    self._say(f"avatar: {avatar.name}")
+                else:  # prepared in the background; the current avatar plays until then
+                    self._say(f"preparing avatar {p.slot_name(p.pending)} ...")
         elif action == "passthrough":
             p.passthrough = not p.passthrough
             self._say("pass-through " + ("on" if p.passthrough else "off"))
@@ -125,8 +159,15 @@ class LiveLoop:
         try:
             while not self._stop.is_set():
                 t_read = time.perf_counter()
-                frame = next(frames, None)
-                if frame is None:
+                if self.source.live:
+                    frame = self._read_live(t_read)
+                    if frame is _FILLER_DUE:
+                        if not self._send_filler() or self._enough():
+                            break
+                        continue
+                else:
+                    frame = next(frames, None)
+                if not isinstance(frame, Frame):  # the source ended or was closed
                     break
                 got = time.perf_counter()
                 result = self.pipeline.process(frame)
@@ -135,12 +176,10 @@ class LiveLoop:
                     sink.write(result.image)
                 done = time.perf_counter()
                 self._done_times.append(done)
+                self._last_image = result.image
                 # For a camera, latency counts from the moment of capture.
                 origin = frame.timestamp if self.source.live else got
-                stats.latency_ms.append(1000.0 * (done - origin))
-                timings = dict(result.timings, read=got - t_read, sink=done - t_sink)
-                for k, v in timings.items():
-                    stats.stage_ms.setdefault(k, []).append(1000.0 * v)
+                stats.add(1000.0 * (done - origin), dict(result.timings, read=got - t_read, sink=done - t_sink))
                 stats.frames += 1
                 stats.frames_with_face += result.face is not None
                 if self.preview is not None:
@@ -149,12 +188,83 @@ class LiveLoop:
                         break
                     if self.preview.closed_by_user:
                         break
-                if self.max_frames is not None and stats.frames >= self.max_frames:
+                if self._enough():
                     break
         finally:
             stats.seconds = time.perf_counter() - start
             stats.dropped = self.source.dropped
         return stats
+
+    def _enough(self) -> bool:
+        sent = self.stats.frames + self.stats.filler_frames
+        return self.max_frames is not None and sent >= self.max_frames
+
+    # -- a camera that is late or gone ----------------------------------------------------------
+    def _read_live(self, now: float) -> Frame | None | object:
+        """The camera's next frame, ``_FILLER_DUE`` when a filler frame is due instead, or
+        None once the source is closed. Waits about until the next output frame is due."""
+        interval = 1.0 / self.fps
+        last_sent = self._done_times[-1] if self._done_times else now
+        wait = max(last_sent + interval - now, 0.0)
+        if self._last_image is not None:
+            wait += 1.5 * interval  # give a slightly late camera frame a chance first
+        else:
+            wait = self.stall_s  # nothing to repeat yet: wait for the camera
+        try:
+            frame = self.source.read(timeout=wait)
+        except CameraLost:
+            now = time.perf_counter()
+            reconnecting = bool(getattr(self.source, "reconnecting", False))
+            silent = now - (self._last_frame_at or now) > self.stall_s
+            if self._lost_since is None and (reconnecting or silent or self._last_image is None):
+                self._lost_since = now
+                self.stats.camera_losses += 1
+                if not reconnecting:  # the source logs its own losses
+                    log.warning("the camera gives no frames; waiting for it")
+            return _FILLER_DUE
+        if frame is not None:
+            self._last_frame_at = time.perf_counter()
+            self._lost_since = None
+        return frame
+
+    def _send_filler(self) -> bool:
+        """Send one frame while the camera has none, on the output's schedule; False if
+        the user asked to quit from the preview."""
+        interval = 1.0 / self.fps
+        if self._done_times:
+            due = self._done_times[-1] + interval
+            delay = due - time.perf_counter()
+            if delay > 0 and self._stop.wait(delay):
+                return True
+        now = time.perf_counter()
+        if self._lost_since is None and self._last_image is not None:
+            image = self._last_image  # a late frame: repeat, nothing else changes
+        else:
+            image = self.reconnecting_frame(now)
+        for sink in self.sinks:
+            sink.write(image)
+        self._done_times.append(time.perf_counter())
+        self.stats.filler_frames += 1
+        if self.preview is not None:
+            key = self.preview.show(image)
+            if (key >= 0 and not self.handle_key(key)) or self.preview.closed_by_user:
+                return False
+        return True
+
+    def reconnecting_frame(self, now: float) -> np.ndarray:
+        """The avatar while the camera is gone: its pose eases to neutral (as when the
+        face is lost, so the return is blended in, not popped), dimmed, with a note."""
+        image = self.pipeline.render_without_frame(now)
+        gone = now - (self._lost_since if self._lost_since is not None else now)
+        dim = 1.0 - 0.45 * min(1.0, gone / 0.5)  # fade over half a second, not a jump
+        out = (image.astype(np.float32) * dim).astype(np.uint8)
+        h, w = out.shape[:2]
+        scale = max(0.35, min(w, h) / 1100)
+        text = "camera lost - reconnecting..."
+        y = h - int(14 * scale / 0.35)
+        cv2.putText(out, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (235, 235, 235), 1, cv2.LINE_AA)
+        return out
 
     # -- preview ------------------------------------------------------------------------------
     def decorate(self, result: FrameResult) -> np.ndarray:

@@ -5,7 +5,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -113,7 +112,12 @@ def default_cache_dir() -> Path:
 
 
 class AvatarCache:
-    """Prepared avatars on disk, one ``.npz`` per key, written atomically."""
+    """Prepared avatars on disk, one ``.npz`` per key, written atomically.
+
+    Each entry records the format, key and engine version it was made for; an entry that
+    is unreadable, truncated, or made for anything else is ignored (and later replaced),
+    never trusted.
+    """
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -123,27 +127,40 @@ class AvatarCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.npz"
 
-    def load(self, key: str) -> Avatar | None:
+    def load(self, key: str, engine_version: str | None = None) -> Avatar | None:
+        """The cached avatar for ``key``, or None if there is no usable entry."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                meta_keys = [str(k) for k in z["proportion_keys"]]
-                avatar = Avatar(
-                    name=str(z["name"]), image=z["image"], landmarks=z["landmarks"],
-                    proportions=dict(zip(meta_keys, map(float, z["proportion_values"]))),
-                    sources=[str(s) for s in z["sources"]], key=key,
-                    engine_data={k[7:]: z[k] for k in z.files if k.startswith("engine_")})
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-            log.warning("cached avatar %s is unreadable; preparing it again", path)
+                stale = _stale_reason(z, key, engine_version)
+                if stale is None:
+                    meta_keys = [str(k) for k in z["proportion_keys"]]
+                    avatar = Avatar(
+                        name=str(z["name"]), image=z["image"], landmarks=z["landmarks"],
+                        proportions=dict(zip(meta_keys, map(float, z["proportion_values"]))),
+                        sources=[str(s) for s in z["sources"]], key=key,
+                        engine_data={k[7:]: z[k] for k in z.files if k.startswith("engine_")})
+                    stale = _invalid_reason(avatar)
+        # Anything a damaged file makes numpy or zipfile raise (BadZipFile, CRC errors,
+        # bad headers, short reads) means the same thing here: prepare the avatar again.
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cached avatar %s is unreadable (%s); preparing it again", path, type(exc).__name__)
+            return None
+        if stale is not None:
+            log.warning("cached avatar %s is %s; preparing it again", path, stale)
             return None
         return avatar
 
-    def save(self, avatar: Avatar) -> None:
+    def save(self, avatar: Avatar, engine_version: str = "") -> None:
+        tmp: str | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             arrays: Mapping[str, np.ndarray] = {
+                # "meta_", not "engine_": engine data is every member named engine_*.
+                "meta_format": np.array(AVATAR_FORMAT), "meta_key": np.array(avatar.key),
+                "meta_engine_version": np.array(engine_version),
                 "name": np.array(avatar.name), "image": avatar.image, "landmarks": avatar.landmarks,
                 "proportion_keys": np.array(list(avatar.proportions)),
                 "proportion_values": np.array(list(avatar.proportions.values())),
@@ -151,13 +168,44 @@ class AvatarCache:
                 **{f"engine_{k}": v for k, v in avatar.engine_data.items()},
             }
             # Write beside the target and rename: a reader never sees half a file, and two
-            # processes preparing the same avatar both end with a whole one.
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            # processes preparing the same avatar both end with a whole one (the last rename wins).
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{avatar.key}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not land before the data (power loss)
             os.replace(tmp, self.path(avatar.key))
-        except OSError as e:  # a read-only cache costs start-up time, never the run
+            tmp = None
+        except OSError as e:  # a read-only or full cache costs start-up time, never the run
             log.warning("could not cache the avatar in %s (%s)", self.directory, e.strerror or e)
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _stale_reason(z: Mapping[str, np.ndarray], key: str, engine_version: str | None) -> str | None:
+    """Why a cache entry was made for something else, or None if it is for this."""
+    if "meta_format" not in z or int(z["meta_format"]) != AVATAR_FORMAT:
+        return "from another avatarcam version"
+    if str(z["meta_key"]) != key:
+        return "for other photos (its key does not match its file name)"
+    cached_version = str(z["meta_engine_version"])
+    if engine_version is not None and cached_version != engine_version:
+        return f"for engine version {cached_version!r}, not {engine_version!r}"
+    return None
+
+
+def _invalid_reason(avatar: Avatar) -> str | None:
+    """Why a cached avatar cannot be right (a damaged but readable file), or None."""
+    image, points = avatar.image, avatar.landmarks
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
+        return "damaged (bad image)"
+    if points.shape != (lm.NUM_LANDMARKS, 3) or not np.isfinite(points).all():
+        return "damaged (bad landmarks)"
+    values = np.array(list(avatar.proportions.values()), dtype=np.float64)
+    if not avatar.proportions or not np.isfinite(values).all() or (values <= 0).any():
+        return "damaged (bad proportions)"
+    return None
 
 
 def prepare_avatar(paths: Sequence[str | os.PathLike], *, engine_version: str,
@@ -168,7 +216,7 @@ def prepare_avatar(paths: Sequence[str | os.PathLike], *, engine_version: str,
         raise AvatarcamError("no face image given; pass one with --face PATH")
     cache = cache if cache is not None else AvatarCache()
     key = avatar_key(paths, engine_version)
-    avatar = cache.load(key)
+    avatar = cache.load(key, engine_version)
     if avatar is not None:
         cache.hits += 1
         log.info("avatar %s loaded from cache %s", avatar.name, cache.path(key))
@@ -181,5 +229,5 @@ def prepare_avatar(paths: Sequence[str | os.PathLike], *, engine_version: str,
     avatar = build_avatar(images, [str(p) for p in paths], detect_faces)
     avatar.key = key
     avatar.engine_data = prepare_engine_data(avatar)
-    cache.save(avatar)
+    cache.save(avatar, engine_version)
     return avatar

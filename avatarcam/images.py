@@ -30,6 +30,11 @@ def load_image(path: str | os.PathLike, *, what: str = "face image") -> np.ndarr
     if p.is_dir():
         raise AvatarcamError(f"{p} is a directory, not an image file; give the path of a JPEG, PNG or WebP {what}")
     try:
+        if p.stat().st_size == 0:
+            raise AvatarcamError(f"{p} is an empty file, not an image; give the path of a JPEG, PNG or WebP {what}")
+    except OSError as exc:
+        raise AvatarcamError(f"{p} cannot be read ({exc.strerror or _one_line(exc)})") from None
+    try:
         # Turn Pillow's soft bomb warning into an error so that nothing between
         # MAX_IMAGE_PIXELS and twice that slips through with only a printed warning.
         with warnings.catch_warnings():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import platform
 import threading
@@ -16,6 +18,8 @@ import numpy as np
 
 from avatarcam.errors import AvatarcamError
 from avatarcam.images import load_image
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -109,9 +113,21 @@ def _quiet_capture(*args: Any) -> Any:
             set_level(previous)
 
 
+def _release_quietly(cap: Any) -> None:
+    """Release a capture that may already be half gone (unplugged devices fail to close)."""
+    if cap is not None:
+        with contextlib.suppress(Exception):
+            cap.release()
+
+
 def _default_capture(device: int | str) -> Any:
     """Open a camera with OpenCV's default backend for this platform."""
     return _quiet_capture(device)
+
+
+class CameraLost(AvatarcamError):
+    """A camera that was delivering frames has none to give now (unplugged, taken by
+    another program, or a stalled driver); :class:`CameraSource` keeps trying to reopen it."""
 
 
 class CameraSource(FrameSource):
@@ -120,12 +136,20 @@ class CameraSource(FrameSource):
     Reading on a thread decouples capture from processing: when the pipeline is slower
     than the camera, stale frames are skipped (and counted in ``dropped``) instead of
     piling up in the driver's queue and adding latency.
+
+    A camera that fails after it has delivered frames is reopened by the thread, with
+    a growing pause between tries (``retry_backoff``), until it is back or the source is
+    closed; meanwhile ``reconnecting`` is True and ``read()`` raises :class:`CameraLost`
+    at once, so the caller can keep its own output going. A camera that never delivers a
+    first frame is an error in the constructor, as before.
     """
 
     live = True
     # How long read() failures may last before the camera counts as gone; drivers
     # often fail a frame or two while renegotiating a mode.
     failure_grace = 2.0
+    # First and longest pause (s) between attempts to reopen a lost camera.
+    retry_backoff = (0.5, 5.0)
 
     def __init__(
         self,
@@ -137,12 +161,21 @@ class CameraSource(FrameSource):
         *,
         first_frame_timeout: float = 3.0,
         stall_timeout: float = 5.0,
+        reconnect: bool = True,
     ) -> None:
         self.device = device
         self.mirror = mirror
         self.stall_timeout = stall_timeout
+        self.reconnect = reconnect
         self.dropped = 0
         self.captured = 0  # frames read from the device so far
+        self.reconnecting = False  # lost mid-run, being reopened
+        self.losses = 0  # times the camera was lost mid-run
+        self.reopen_attempts = 0  # tries to open it again
+        self._lost_reason = ""
+        self._lost_at = 0.0
+        self._backoff = self.retry_backoff[0]
+        self._requested = (size, fps)
         self._name = _camera_name(device)
         self._cond = threading.Condition()
         self._latest: Frame | None = None
@@ -154,6 +187,7 @@ class CameraSource(FrameSource):
         self._thread: threading.Thread | None = None
 
         factory = capture_factory or _default_capture
+        self._factory = factory
         try:
             cap = factory(device)
         except Exception as exc:  # OpenCV raises for malformed device strings
@@ -165,15 +199,7 @@ class CameraSource(FrameSource):
                 f"{self._name} could not be opened (no such device, or another program is using it); {_camera_hint()}"
             )
         self._cap = cap
-        # Requests only: drivers pick the nearest mode they support, so the real
-        # size is taken from the first frame below.
-        if size is not None:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, float(size[0]))
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, float(size[1]))
-        if fps is not None:
-            cap.set(cv2.CAP_PROP_FPS, float(fps))
-        # A one-frame driver queue keeps latency low where the backend supports it.
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1.0)
+        self._configure(cap)
 
         self._thread = threading.Thread(target=self._run, name=f"avatarcam-{self._name}", daemon=True)
         self._thread.start()
@@ -191,38 +217,99 @@ class CameraSource(FrameSource):
         reported = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = reported if 1.0 <= reported <= 240.0 else float(fps or 30.0)
 
+    def _configure(self, cap: Any) -> None:
+        size, fps = self._requested
+        # Requests only: drivers pick the nearest mode they support, so the real
+        # size is taken from the first frame.
+        if size is not None:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, float(size[0]))
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, float(size[1]))
+        if fps is not None:
+            cap.set(cv2.CAP_PROP_FPS, float(fps))
+        # A one-frame driver queue keeps latency low where the backend supports it.
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1.0)
+
     def _run(self) -> None:
-        """Capture loop: keep only the newest frame, count the ones nobody took."""
+        """Capture loop: keep only the newest frame, count the ones nobody took, and
+        reopen the camera if it goes away after having worked."""
         failing_since: float | None = None
         try:
             while not self._stop.is_set():
-                ok, bgr = self._cap.read()
+                error = None
+                try:
+                    ok, bgr = self._cap.read()
+                except Exception as exc:  # noqa: BLE001 - a backend may raise once the device is gone
+                    ok, bgr, error = False, None, f"camera error: {' '.join(str(exc).split())}"
                 now = time.perf_counter()
-                if not ok or bgr is None or bgr.size == 0:
-                    failing_since = failing_since or now
-                    if now - failing_since > self.failure_grace:
-                        self._fail("the camera stopped delivering frames (unplugged, or taken by another program?)")
-                        return
+                if ok and bgr is not None and bgr.size > 0:
+                    failing_since = None
+                    self._deliver(bgr, now)
+                    continue
+                failing_since = failing_since or now
+                if error is None and now - failing_since <= self.failure_grace:
                     time.sleep(0.01)
                     continue
+                error = error or "the camera stopped delivering frames (unplugged, or taken by another program?)"
+                if not (self.reconnect and self.captured):
+                    self._fail(error)
+                    return
+                if not self._reopen(error):
+                    return
                 failing_since = None
-                frame = Frame(_bgr_to_rgb(bgr, self.mirror), self.captured, now)
-                with self._cond:
-                    if not self._latest_taken:
-                        self.dropped += 1
-                    self._latest = frame
-                    self._latest_taken = False
-                    self.captured += 1
-                    self._cond.notify_all()
         except Exception as exc:  # a backend exception must not vanish with the thread
             self._fail(f"camera error: {' '.join(str(exc).split())}")
         finally:
             # The thread owns the device while it runs: releasing it from another thread
             # in the middle of read() crashes some backends.
-            try:
-                self._cap.release()
-            except Exception:
-                pass
+            self._release()
+
+    def _deliver(self, bgr: np.ndarray, now: float) -> None:
+        frame = Frame(_bgr_to_rgb(bgr, self.mirror), self.captured, now)
+        with self._cond:
+            if not self._latest_taken:
+                self.dropped += 1
+            self._latest = frame
+            self._latest_taken = False
+            self.captured += 1
+            back = self.reconnecting
+            self.reconnecting = False
+            self._cond.notify_all()
+        if back:
+            self._backoff = self.retry_backoff[0]
+            log.warning("%s is back after %.1f s", self._name, now - self._lost_at)
+
+    def _release(self) -> None:
+        cap, self._cap = self._cap, None
+        _release_quietly(cap)
+
+    def _reopen(self, reason: str) -> bool:
+        """Open the camera again, pausing longer after each failed try; False if the
+        source was closed first. Logs one line per loss, not one per try."""
+        with self._cond:
+            first = not self.reconnecting
+            if first:
+                self.reconnecting = True
+                self.losses += 1
+                self._lost_reason = reason
+                self._lost_at = time.perf_counter()
+                self._backoff = self.retry_backoff[0]
+            self._cond.notify_all()
+        if first:
+            log.warning("%s lost: %s; reconnecting", self._name, reason)
+        while not self._stop.is_set():
+            self._release()
+            cap = None
+            self.reopen_attempts += 1
+            with contextlib.suppress(Exception):  # not there yet: the device may be half-created
+                cap = self._factory(self.device)
+                if cap is not None and cap.isOpened():
+                    self._configure(cap)
+                    self._cap = cap
+                    return True
+            _release_quietly(cap)
+            self._stop.wait(self._backoff)
+            self._backoff = min(2.0 * self._backoff, self.retry_backoff[1])
+        return False
 
     def _fail(self, message: str) -> None:
         with self._cond:
@@ -232,25 +319,30 @@ class CameraSource(FrameSource):
     def read(self, timeout: float | None = None) -> Frame | None:
         """Wait for a frame newer than the last one returned and return it.
 
-        Returns None only after close(). Raises AvatarcamError if the camera failed or
-        gave nothing new within ``timeout`` (default: ``stall_timeout``) seconds.
+        Returns None only after close(). Raises :class:`CameraLost` at once while a lost
+        camera is being reopened, or when it gave nothing new within ``timeout`` (default:
+        ``stall_timeout``) seconds; AvatarcamError if it failed for good.
         """
         limit = self.stall_timeout if timeout is None else timeout
         with self._cond:
-            got = self._cond.wait_for(
-                lambda: self._closed
-                or self._error is not None
-                or (self._latest is not None and self._latest.index > self._last_index),
-                limit,
+
+            def fresh() -> bool:
+                return self._latest is not None and self._latest.index > self._last_index
+
+            self._cond.wait_for(
+                lambda: self._closed or self._error is not None or self.reconnecting or fresh(), limit
             )
             if self._closed:
                 return None
-            if self._error is not None:
-                raise AvatarcamError(f"{self._name}: {self._error}")
-            if not got or self._latest is None:
-                raise AvatarcamError(
+            if not fresh():
+                if self._error is not None:
+                    raise AvatarcamError(f"{self._name}: {self._error}")
+                if self.reconnecting:
+                    raise CameraLost(f"{self._name}: {self._lost_reason}; reconnecting")
+                raise CameraLost(
                     f"{self._name} stopped delivering frames (nothing new for {limit:g} s); check that it is still connected and not in use by another program"
                 )
+            assert self._latest is not None
             frame = self._latest
             self._latest_taken = True
             self._last_index = frame.index
@@ -268,7 +360,7 @@ class CameraSource(FrameSource):
             # is left to the daemon thread rather than blocking shutdown.
             self._thread.join(timeout=2.0)
         elif getattr(self, "_cap", None) is not None:
-            self._cap.release()
+            self._release()
 
 
 class VideoFileSource(FrameSource):
