@@ -13,6 +13,8 @@ class Framing:
     output_size: tuple[int, int]  # (width, height)
     scale: float
     offset: tuple[float, float]
+    # Letterboxing: the output rectangle (x0, y0, x1, y1) the photo fills; black outside.
+    picture_box: tuple[int, int, int, int] | None = None
 
     def to_avatar(self, points: np.ndarray) -> np.ndarray:
         return points * self.scale + np.asarray(self.offset)
@@ -24,6 +26,28 @@ class Framing:
     def native(cls, avatar_size: tuple[int, int]) -> "Framing":
         """The photo's own size and framing."""
         return cls(avatar_size, 1.0, (0.0, 0.0))
+
+    @classmethod
+    def contain(cls, avatar_size: tuple[int, int], output_size: tuple[int, int]) -> "Framing":
+        """The whole photo, as large as fits, centred, with black bars (letterbox or pillarbox)
+        where the output's shape differs from the photo's; never stretched."""
+        aw, ah = avatar_size
+        ow, oh = output_size
+        scale = max(aw / ow, ah / oh)  # photo pixels per output pixel
+        shown_w, shown_h = aw / scale, ah / scale
+        x0, y0 = (ow - shown_w) / 2, (oh - shown_h) / 2
+        box = (round(x0), round(y0), round(x0 + shown_w), round(y0 + shown_h))
+        return cls(output_size, scale, (0.5 * scale - 0.5 - x0 * scale, 0.5 * scale - 0.5 - y0 * scale), box)
+
+    def add_bars(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (of the output size) with black outside ``picture_box``, in place."""
+        if self.picture_box is not None:
+            x0, y0, x1, y1 = self.picture_box
+            image[:y0] = 0
+            image[y1:] = 0
+            image[:, :x0] = 0
+            image[:, x1:] = 0
+        return image
 
     @classmethod
     def cover(cls, avatar_size: tuple[int, int], output_size: tuple[int, int],

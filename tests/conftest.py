@@ -49,6 +49,8 @@ def shared_data() -> Path:
 def _private_cache(tmp_path_factory):
     """Tests never read or write the user's real avatar cache."""
     os.environ["AVATARCAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("avatar-cache"))
+    # ... nor the user's config file (tests that need one pass --config or set this).
+    os.environ["AVATARCAM_CONFIG"] = str(tmp_path_factory.mktemp("config") / "absent.toml")
 
 
 def prepare(paths, cache_dir=None):
