@@ -25,7 +25,7 @@ FITS = ("crop", "letterbox")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -35,7 +35,7 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _positive(kind):
+def positive(kind):
     def parse(text: str):
         try:
             value = kind(text)
@@ -79,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="webcam index or device path (default 0)")
     src.add_argument("--input", metavar="VIDEO",
                      help="drive from a video file (or an image) instead of the webcam")
-    p.add_argument("--camera-size", type=_size, default=(640, 480), metavar="WxH",
+    p.add_argument("--camera-size", type=parse_size, default=(640, 480), metavar="WxH",
                    help="resolution asked of the webcam (default 640x480: enough for tracking, cheap to decode)")
     p.add_argument("--output", metavar="FILE",
                    help="also write the avatar video to FILE (.mp4 or .y4m); with --input, every input frame "
                         "is rendered and avatarcam exits at the end")
-    p.add_argument("--size", type=_size, metavar="WxH",
+    p.add_argument("--size", type=parse_size, metavar="WxH",
                    help=f"output size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}; with --output, the face image's own size)")
-    p.add_argument("--fps", type=_positive(float), metavar="N",
+    p.add_argument("--fps", type=positive(float), metavar="N",
                    help="frame rate asked of the webcam and the virtual camera (default 30; a video file keeps its own)")
     vc = p.add_mutually_exclusive_group()
     vc.add_argument("--no-virtual-cam", dest="virtual_cam", action="store_false", default=None,
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action="store_true", help="mirror the webcam image, so the avatar moves like a mirror image")
     p.add_argument("--engine", default="warp", help="renderer (default warp: mesh warp on the CPU)")
     p.add_argument("--model", metavar="DIR", help="--engine neural: exported model folder (default: one in the user data dir)")
-    p.add_argument("--max-frames", type=_positive(int), metavar="N", help="stop after N frames")
+    p.add_argument("--max-frames", type=positive(int), metavar="N", help="stop after N frames")
     p.add_argument("--cache-dir", metavar="DIR", help="where prepared avatars are cached (default: the user cache dir)")
     p.add_argument("-v", "--verbose", action="store_true", help="print progress and a summary (same as --log-level info)")
     _add_common(p)
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
             tracker.close()
 
 
-def _hide_native_stderr() -> None:
+def hide_native_stderr() -> None:
     """Send what native libraries print on file descriptor 2 (MediaPipe's TFLite and absl
     start-up notes, from its own threads at any time) to /dev/null, while Python's
     ``sys.stderr`` keeps writing to the terminal: the user sees avatarcam's lines only.
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"avatarcam: error: {e}", file=sys.stderr)
         return 2
     if argv is None:  # only as the program itself, not when called from Python code
-        _hide_native_stderr()
+        hide_native_stderr()
     _configure_logging(args)
     try:
         return prepare_command(args) if command == "prepare" else run(args)

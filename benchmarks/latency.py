@@ -48,6 +48,7 @@ STAGES = ("capture_decode", "queue", "track", "retarget", "render", "sink")
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from avatarcam.cli import parse_size, positive  # the CLI's own argument types
 
 # -- statistics -----------------------------------------------------------------------------------
 
@@ -208,26 +209,6 @@ def bench_backend() -> Iterator[str]:
 # -- one run of the live path -----------------------------------------------------------------------
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x512, got {text!r}") from None
-    if w < 16 or h < 16:
-        raise argparse.ArgumentTypeError(f"size {text} is too small")
-    return w, h
-
-
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
 
 
 def make_engine_class(name: str, model: str | None) -> Any:
@@ -516,7 +497,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         if not Path(path).is_file():
             raise SystemExit(f"latency: error: {what} not found: {path} (the shared data lives in ../shared/data; "
                              f"pass --{'clip' if what == 'clip' else 'face'} FILE)")
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"latency: error: --sizes: {e}") from None
     paced = args.paced
     # Paced runs last a wall-clock time (a slow pipeline then shows as drops, as live);
     # unpaced ones a number of frames.
@@ -603,9 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GLOG_minloglevel", "2")
     if argv is None:  # as a script: MediaPipe's native start-up chatter off the terminal
-        from avatarcam.cli import _hide_native_stderr
+        from avatarcam.cli import hide_native_stderr
 
-        _hide_native_stderr()
+        hide_native_stderr()
 
     def log(text: str) -> None:
         print(f"latency: {text}", file=sys.stderr, flush=True)

@@ -500,27 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hide_native_logs() -> None:
-    """MediaPipe's and TFLite's C++ start-up notes go to file descriptor 2 from their own
-    threads; send those to /dev/null and keep Python's stderr (progress, errors) on the
-    terminal. ``AVATARCAM_DEBUG=1`` keeps everything."""
-    if os.environ.get("AVATARCAM_DEBUG"):
-        return
-    try:
-        sys.stderr.flush()
-        terminal = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None:  # as a program, not when called from Python (tests)
-        _hide_native_logs()
+        from avatarcam.cli import hide_native_stderr
+
+        hide_native_stderr()
     if args.frames < 3 or args.aed_every < 1:
         print("quality: error: --frames must be at least 3 and --aed-every at least 1", file=sys.stderr)
         return 2

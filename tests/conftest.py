@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
+import pyvirtualcam
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -79,3 +81,37 @@ def detect(image: np.ndarray):
 
     found = detect_faces(image, max_faces=1)
     return found[0] if found else None
+
+
+class FakeBackend:
+    """A pyvirtualcam backend (registered as "avatarcam-test") that keeps what it is sent."""
+
+    instances: ClassVar[list[FakeBackend]] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device, **kw) -> None:
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "/dev/avatarcam-test"
+        self.frames: list[np.ndarray] = []
+        self.closes = 0
+        FakeBackend.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        assert self.closes == 0, "send() after close()"
+        self.frames.append(frame.copy())
+
+    def close(self) -> None:
+        self.closes += 1
+
+    def device(self) -> str:
+        return self._device
+
+    def native_fourcc(self):
+        return self.fourcc
+
+
+@pytest.fixture
+def fake_vcam():
+    FakeBackend.instances = []
+    pyvirtualcam.register_backend("avatarcam-test", FakeBackend)
+    yield FakeBackend
+    pyvirtualcam.camera.BACKENDS.pop("avatarcam-test", None)

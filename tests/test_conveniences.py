@@ -13,9 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import pyvirtualcam
 from conftest import detect
-from test_live_loop import FakeBackend
 
 from avatarcam import cli, doctor
 from avatarcam.app import LiveLoop
@@ -189,14 +187,6 @@ def test_log_level(tmp_path, astronaut_path, grace_path, caplog):
 
 
 # -- the virtual camera's format, name and framing ------------------------------------------------
-@pytest.fixture
-def fake_vcam():
-    FakeBackend.instances = []
-    pyvirtualcam.register_backend("avatarcam-test", FakeBackend)
-    yield FakeBackend
-    pyvirtualcam.camera.BACKENDS.pop("avatarcam-test", None)
-
-
 @pytest.mark.parametrize("fit", ["crop", "letterbox"])
 def test_virtual_camera_format_and_fit(fake_vcam, astronaut_path, grace_path, tmp_path, fit):
     # A tall driver photo, a square portrait, a wide camera format.

@@ -82,40 +82,6 @@ class FakeCapture:
         self.released = True
 
 
-class FakeBackend:
-    """A pyvirtualcam backend that keeps what it is sent."""
-
-    instances: list["FakeBackend"] = []
-
-    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device, **kw) -> None:
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "/dev/avatarcam-test"
-        self.frames: list[np.ndarray] = []
-        self.closes = 0
-        FakeBackend.instances.append(self)
-
-    def send(self, frame: np.ndarray) -> None:
-        assert self.closes == 0, "send() after close()"
-        self.frames.append(frame.copy())
-
-    def close(self) -> None:
-        self.closes += 1
-
-    def device(self) -> str:
-        return self._device
-
-    def native_fourcc(self):
-        return self.fourcc
-
-
-@pytest.fixture
-def fake_vcam():
-    FakeBackend.instances = []
-    pyvirtualcam.register_backend("avatarcam-test", FakeBackend)
-    yield FakeBackend
-    pyvirtualcam.camera.BACKENDS.pop("avatarcam-test", None)
-
-
 @pytest.fixture
 def fake_camera(monkeypatch):
     opened: list[tuple[object, FakeCapture]] = []

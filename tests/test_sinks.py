@@ -134,55 +134,22 @@ def test_bad_paths_and_frames(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- virtual camera
 
 
-class FakeBackend:
-    """A pyvirtualcam backend that records what it is sent."""
-
-    instances: list["FakeBackend"] = []
-
-    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw: object) -> None:
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "fake-cam-0"
-        self.frames: list[np.ndarray] = []
-        self.closed = False
-        FakeBackend.instances.append(self)
-
-    def send(self, frame: np.ndarray) -> None:
-        self.frames.append(frame.copy())
-
-    def close(self) -> None:
-        self.closed = True
-
-    def device(self) -> str:
-        return self._device
-
-    def native_fourcc(self) -> int | None:
-        return None
-
-
-@pytest.fixture
-def fake_backend():
-    pyvirtualcam.register_backend("avatarcam-test", FakeBackend)
-    FakeBackend.instances.clear()
-    yield FakeBackend
-    pyvirtualcam.camera.BACKENDS.pop("avatarcam-test", None)
-
-
-def test_virtual_camera_with_fake_backend(fake_backend) -> None:
+def test_virtual_camera_with_fake_backend(fake_vcam) -> None:
     frames = frames_of((80, 60), 3)
     with VirtualCameraSink((80, 60), 30.0, backend="avatarcam-test") as sink:
-        assert sink.backend == "avatarcam-test" and sink.device == "fake-cam-0"
+        assert sink.backend == "avatarcam-test" and sink.device == "/dev/avatarcam-test"
         for frame in frames:
             sink.write(frame)
         with pytest.raises(ValueError):
             sink.write(np.zeros((60, 81, 3), np.uint8))
-    backend = fake_backend.instances[-1]
+    backend = fake_vcam.instances[-1]
     assert (backend.width, backend.height, backend.fps) == (80, 60, 30.0)
     assert pyvirtualcam.util.decode_fourcc(backend.fourcc) == pyvirtualcam.PixelFormat.RGB.value
-    assert len(backend.frames) == 3 and backend.closed
+    assert len(backend.frames) == 3 and backend.closes == 1
     assert (backend.frames[1].reshape(60, 80, 3) == frames[1]).all()
 
 
-def test_virtual_camera_named_device(fake_backend) -> None:
+def test_virtual_camera_named_device(fake_vcam) -> None:
     with VirtualCameraSink((64, 48), 25.0, backend="avatarcam-test", device="/dev/video10") as sink:
         assert sink.device == "/dev/video10"
 
