@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
-# The Face Mesh models avatarcam's tracker loads from inside the mediapipe wheel.
+# The models avatarcam loads from inside the mediapipe wheel: Face Mesh for the tracker,
+# selfie segmentation for the warp engine's person/background layers.
 FACE_MESH_MODELS = (
     "modules/face_detection/face_detection_short_range.tflite",
     "modules/face_landmark/face_landmark_with_attention.tflite",
+    "modules/selfie_segmentation/selfie_segmentation.tflite",
 )
 V4L2LOOPBACK_LINE = "sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=avatarcam exclusive_caps=1"
 
@@ -127,14 +129,14 @@ def check_virtual_cameras(devices: Sequence[Path] | None = None) -> list[Check]:
 def check_face_mesh() -> Check:
     spec = importlib.util.find_spec("mediapipe")
     if spec is None or not spec.submodule_search_locations:
-        return Check("Face Mesh models", False, "mediapipe is not installed", 'pip install "mediapipe==0.10.21"')
+        return Check("MediaPipe models", False, "mediapipe is not installed", 'pip install "mediapipe==0.10.21"')
     root = Path(next(iter(spec.submodule_search_locations)))
     missing = [m for m in FACE_MESH_MODELS if not (root / m).is_file()]
     version = _dist_version("mediapipe")
     if missing:
-        return Check("Face Mesh models", False, f"mediapipe {version} lacks {', '.join(Path(m).name for m in missing)}",
-                     'newer mediapipe wheels ship no Face Mesh model: pip install "mediapipe==0.10.21"')
-    return Check("Face Mesh models", True, f"mediapipe {version}: " + ", ".join(Path(m).name for m in FACE_MESH_MODELS))
+        return Check("MediaPipe models", False, f"mediapipe {version} lacks {', '.join(Path(m).name for m in missing)}",
+                     'newer mediapipe wheels ship no models: pip install "mediapipe==0.10.21"')
+    return Check("MediaPipe models", True, f"mediapipe {version}: " + ", ".join(Path(m).name for m in FACE_MESH_MODELS))
 
 
 def _dist_version(name: str) -> str:

@@ -49,9 +49,9 @@ def test_doctor_reports_this_machine_and_exits_0():
     done = run_cli("doctor")
     assert done.returncode == 0, done.stderr
     table = done.stdout
-    for row in ("webcam", "pyvirtualcam backends", "Face Mesh models", "onnxruntime", "GPU"):
+    for row in ("webcam", "pyvirtualcam backends", "MediaPipe models", "onnxruntime", "GPU"):
         assert row in table
-    assert "Face Mesh models       ok" in table and "face_landmark_with_attention.tflite" in table
+    assert "MediaPipe models       ok" in table and "face_landmark_with_attention.tflite" in table
     import onnxruntime
 
     for provider in onnxruntime.get_available_providers():
