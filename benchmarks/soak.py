@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     clip = None if args.still else (args.clip or (SHARED_CLIP if SHARED_CLIP.is_file() else None))
     if clip is not None and not clip.is_file():
         p.error(f"clip not found: {clip}")
+    if argv is None:  # as a program: MediaPipe's native start-up notes stay off the terminal
+        from avatarcam.cli import hide_native_stderr
+
+        hide_native_stderr()
     result = soak(args.minutes, args.fps, clip, progress=not args.json)
     if args.json:
         print(json.dumps(result))
