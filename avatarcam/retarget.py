@@ -23,6 +23,7 @@ _RIGHT_EYE = list(lm.RIGHT_EYE + lm.RIGHT_IRIS)
 _LEFT_EYE = list(lm.LEFT_EYE + lm.LEFT_IRIS)
 _MOUTH = list(lm.MOUTH)
 _RIGHT_IRIS, _LEFT_IRIS = list(lm.RIGHT_IRIS), list(lm.LEFT_IRIS)
+_LOWER_LIP = list(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
 
 
 @dataclass
@@ -72,6 +73,9 @@ class Retargeter:
         self._recovering = False
         self._lost_since: float | None = None
         self._teeth = (0.0, 0.0)
+        # The driver's neutral down axis and inner-lip gap, and the most closed gap seen since.
+        self._driver_down = np.array([0.0, 1.0, 0.0])
+        self._neutral_gap = self._closed_gap = 0.0
 
     # -- neutral reference -------------------------------------------------------------
     def request_neutral(self) -> None:
@@ -96,6 +100,13 @@ class Retargeter:
         m = _ratio(p["mouth_width"], s * lm.mouth_width(driver))
         scale[_MOUTH] = (m, m, m)
         self._local_scale = scale
+        self._driver_down = lm.head_axes(driver)[:, 1]
+        self._neutral_gap = self._lip_gap(driver)
+        self._closed_gap = self._neutral_gap
+
+    def _lip_gap(self, points: np.ndarray) -> float:
+        """Inner-lip gap along the driver's neutral down axis (negative: lips pressed past)."""
+        return float((points[lm.LOWER_LIP_MID] - points[lm.UPPER_LIP_MID]) @ self._driver_down)
 
     # -- per frame -----------------------------------------------------------------------
     def target(self, driver: np.ndarray) -> np.ndarray:
@@ -104,14 +115,25 @@ class Retargeter:
         driver = np.asarray(driver, dtype=np.float64)
         motion = fit_similarity(self.neutral[_STABLE], driver[_STABLE])
         # Expression: what is left once the head motion is undone, in the neutral's frame.
-        expression = motion.inverse_apply(driver) - self.neutral
+        undone = motion.inverse_apply(driver)
+        expression = undone - self.neutral
+        # A neutral taken mid-sentence has parted lips; measured from it, closing the mouth
+        # would push the avatar's lips through each other. The mouth is measured from the
+        # most closed it has been seen instead (the neutral's own gap until then).
+        self._closed_gap = min(self._closed_gap, self._lip_gap(undone))
+        expression[_LOWER_LIP] += (self._neutral_gap - self._closed_gap) * self._driver_down
         expression = self._align.scale * expression @ self._align.rotation.T
         local = expression @ self._axes * self._local_scale  # in the avatar face's own axes
         local = self._steady_gaze(local, driver, motion.scale)
         shaped = self.avatar + local @ self._axes.T
         shaped = self._keep_lids_apart(shaped)
+        shaped = self._keep_lips_apart(shaped)
 
-        rotation = clamp_rotation(motion.rotation, self.max_rotation)
+        # The head turns about the avatar's own axes, not the camera's: the driver's motion
+        # is carried into the avatar's head frame like its expression is. Applied in camera
+        # axes, a driver's turn mixes into the roll of a three-quarter portrait.
+        align = self._align.rotation
+        rotation = clamp_rotation(align @ motion.rotation @ align.T, self.max_rotation)
         scale = float(np.clip(motion.scale, *self.scale_range))
         shift = self._align.scale * (motion.dst_center - motion.src_center) @ self._align.rotation.T
         shift[2] = 0.0
@@ -150,6 +172,17 @@ class Retargeter:
             depth = points[iris_idx] @ down
             clipped = np.clip(depth, min(top, bottom), max(top, bottom))
             points[iris_idx] += np.outer(clipped - depth, down)
+        return points
+
+    def _keep_lips_apart(self, points: np.ndarray) -> np.ndarray:
+        """The mouth may close, its inner lips never cross."""
+        upper, lower = list(lm.INNER_LIP_UPPER[1:-1]), list(lm.INNER_LIP_LOWER)  # paired, corners left out
+        gap = (points[lower] - points[upper]) @ self._axes[:, 1]
+        crossed = gap < 0
+        if crossed.any():
+            u, lo = np.array(upper)[crossed], np.array(lower)[crossed]
+            mid = 0.5 * (points[u] + points[lo])
+            points[u], points[lo] = mid, mid
         return points
 
     def update(self, face: TrackedFace | None, now: float, image: np.ndarray | None = None) -> AvatarPose:

@@ -1,0 +1,75 @@
+"""Retargeting and smoothing details that decide how faithfully the avatar follows:
+landmark arrays of real faces (the astronaut driving Grace Hopper's portrait), no rendering."""
+import numpy as np
+
+from avatarcam import landmarks as lm
+from avatarcam.retarget import Retargeter
+from avatarcam.tracking import LandmarkFilter
+
+
+def _part_lips(points, amount):
+    """The lower lip and chin dropped by ``amount`` mouth widths (a mouth caught mid-word)."""
+    p = points.copy()
+    lower = list(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER + (17, lm.CHIN))
+    p[lower, 1] += amount * lm.mouth_width(points)
+    return p
+
+
+def _lip_gaps(points, down):
+    upper, lower = list(lm.INNER_LIP_UPPER[1:-1]), list(lm.INNER_LIP_LOWER)
+    return (points[lower] - points[upper]) @ down
+
+
+def test_neutral_taken_mid_word_closes_the_mouth_without_crossing_the_lips(grace_avatar, astronaut_avatar):
+    closed = astronaut_avatar.landmarks
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.set_neutral(_part_lips(closed, 0.2))  # the first frame caught the driver talking
+    shut = retarget.target(closed)
+    assert _lip_gaps(shut, lm.head_axes(grace_avatar.landmarks)[:, 1]).min() >= -1e-6, "the avatar's lips must not pass through each other"
+    own = lm.mouth_opening(grace_avatar.landmarks)
+    assert abs(lm.mouth_opening(shut) - own) < 0.03  # closed driver: the portrait's own mouth
+    # From then on, opening is measured from the closed mouth: parting the lips as far as
+    # in the neutral now opens the avatar's mouth by about as much.
+    talking = retarget.target(_part_lips(closed, 0.2))
+    assert lm.mouth_opening(talking) > own + 0.12
+
+
+def test_filter_lets_a_blink_through(astronaut_avatar):
+    """A blink takes a tenth of a second: the smoothed lids must close most of the way,
+    or the avatar only twitches its eyes."""
+    base = astronaut_avatar.landmarks
+    scale = lm.face_width(base)
+    shut = base.copy()
+    for upper, lower in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER)):
+        shut[list(upper)] = shut[list(lower)]
+    rng = np.random.default_rng(1)
+    f = LandmarkFilter()
+    # closing over two frames, closed for two, opening over two (30 fps)
+    weights = [0.0] * 30 + [0.5, 1.0, 1.0, 1.0, 0.5] + [0.0] * 10
+    openings = []
+    for k, w in enumerate(weights):
+        x = (1 - w) * base + w * shut + rng.normal(0, 0.002 * scale, base.shape)
+        openings.append(lm.eye_opening(f(x, k / 30, scale)) / lm.eye_opening(base))
+    assert min(openings) < 0.2
+    # ...and open again with the driver's: a frame after it, not a slow fade.
+    assert openings[weights.index(0.5, 31) + 2] > 0.85
+
+
+def test_a_nod_nods_a_three_quarter_portrait_without_tilting_it(astronaut_avatar):
+    """The driver's head motion is applied about the avatar's own axes: on a portrait
+    turned 30 degrees, a nod changes its pitch, not its roll."""
+    from avatarcam.avatar import measure_proportions
+    from avatarcam.geometry import euler_rotation
+
+    def turn(points, **angles):
+        c = points[list(lm.STABLE)].mean(axis=0)
+        return (points - c) @ euler_rotation(**angles).T + c
+
+    driver = astronaut_avatar.landmarks
+    portrait = turn(driver, yaw=-30, pitch=-8)
+    retarget = Retargeter(portrait, measure_proportions(portrait))
+    retarget.set_neutral(driver)
+    y0, p0, r0 = lm.head_angles(retarget.target(driver))
+    y, p, r = lm.head_angles(retarget.target(turn(driver, pitch=10)))
+    assert abs(p - p0 - 10) < 1.5
+    assert abs(r - r0) < 2.0 and abs(y - y0) < 2.0
