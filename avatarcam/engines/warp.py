@@ -427,12 +427,15 @@ class WarpEngine:
         c = [affine[:, k].take(ids) for k in range(6)]
         u, v = self._grid_u, self._grid_v
         padded = self._padded
-        for j in range(2):
-            at = c[j] * u
-            at += c[2 + j] * v
-            at += c[4 + j]
-            np.maximum(at, box[:, j].take(ids), out=at)
-            padded[1:-1, 1:-1, j] = np.minimum(at, box[:, 2 + j].take(ids), out=at)
+        # A nearly flat triangle has huge coefficients: overflow (or inf * 0 = NaN) is
+        # clamped to its source box, fmax/fmin taking the bound where the value is NaN.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for j in range(2):
+                at = c[j] * u
+                at += c[2 + j] * v
+                at += c[4 + j]
+                np.fmax(at, box[:, j].take(ids), out=at)
+                padded[1:-1, 1:-1, j] = np.fmin(at, box[:, 2 + j].take(ids), out=at)
         src = padded[1:-1, 1:-1]  # texture pixels
         # Linear extrapolation one sample out (rows, then columns and corners); a grid
         # one sample thin is only repeated.
