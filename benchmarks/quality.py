@@ -275,6 +275,18 @@ class Benchmark:
                 mine = descriptor if descriptor is not None else self.describe(output, out_pts)
                 scores.aed.append(float(np.linalg.norm(mine - real)))
 
+        def score(scores: SelfScores, i: int, output: np.ndarray, compare: qm.FrameComparer) -> None:
+            """Re-detect ``output``, then compare it with real frame ``i`` (and its descriptor)."""
+            start = time.perf_counter()
+            out_pts = self.detect(output)
+            self._timed("re-detect", start)
+            start = time.perf_counter()
+            scores.add(output, compare, true_pts[i], out_pts)
+            self._timed("scores", start)
+            start = time.perf_counter()
+            add_aed(scores, i, output, out_pts)
+            self._timed("dlib", start)
+
         # The engine is driven by the clip's tracked landmarks; the static floor shows the
         # first frame; the naive ceiling warps the first frame onto each frame's true landmarks.
         run = EngineRun(self.engine_cls, source_path, Path(self.tmp.name) / "cache")
@@ -294,15 +306,7 @@ class Benchmark:
                 start = time.perf_counter()
                 output = run(real, i, fps)
                 self._timed("engine render", start)
-                start = time.perf_counter()
-                out_pts = self.detect(output)
-                self._timed("re-detect", start)
-                start = time.perf_counter()
-                engine.add(output, compare, true_pts[i], out_pts)
-                self._timed("scores", start)
-                start = time.perf_counter()
-                add_aed(engine, i, output, out_pts)
-                self._timed("dlib", start)
+                score(engine, i, output, compare)
                 if i in moments:
                     thumbs[i] = np.hstack([_thumb(real), _thumb(output)])
 
@@ -315,15 +319,7 @@ class Benchmark:
                 last = true_pts[i] if true_pts[i] is not None else last
                 output = warp.warp(last)
                 self._timed("delaunay warp", start)
-                start = time.perf_counter()
-                out_pts = self.detect(output)
-                self._timed("re-detect", start)
-                start = time.perf_counter()
-                delaunay.add(output, compare, true_pts[i], out_pts)
-                self._timed("scores", start)
-                start = time.perf_counter()
-                add_aed(delaunay, i, output, out_pts)
-                self._timed("dlib", start)
+                score(delaunay, i, output, compare)
         finally:
             run.close()
         self.sheet_rows.append(([f"self: {name}"], [(i, thumbs[i]) for i in sorted(thumbs)]))
