@@ -115,3 +115,16 @@ def fake_vcam():
     pyvirtualcam.register_backend("avatarcam-test", FakeBackend)
     yield FakeBackend
     pyvirtualcam.camera.BACKENDS.pop("avatarcam-test", None)
+
+
+@pytest.fixture(scope="module")
+def grace_rig(grace_avatar, astronaut_avatar):
+    """Grace Hopper's portrait with a retargeter whose neutral is the astronaut's face, and
+    its warp engine: tests move the astronaut's landmarks and measure the rendered Grace."""
+    from avatarcam.engines import WarpEngine
+    from avatarcam.retarget import Retargeter
+
+    driver = astronaut_avatar.landmarks.copy()
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.set_neutral(driver)
+    return driver, retarget, WarpEngine(grace_avatar)

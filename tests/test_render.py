@@ -17,13 +17,10 @@ from avatarcam.tracking import TrackedFace
 
 
 @pytest.fixture(scope="module")
-def rig(grace_avatar, astronaut_avatar):
-    driver = astronaut_avatar.landmarks.copy()
-    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
-    retarget.set_neutral(driver)
-    engine = WarpEngine(grace_avatar)
-    base = detect(engine.render(retarget.pose(retarget.target(driver))))
-    return driver, retarget, engine, base
+def rig(grace_rig):
+    """``grace_rig`` and what MediaPipe finds on the avatar at the driver's neutral."""
+    driver, retarget, engine = grace_rig
+    return driver, retarget, engine, detect(engine.render(retarget.pose(retarget.target(driver))))
 
 
 def render(rig, driver):

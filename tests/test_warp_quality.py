@@ -14,15 +14,6 @@ from avatarcam.engines import WarpEngine
 from avatarcam.retarget import Retargeter
 
 
-@pytest.fixture(scope="module")
-def grace_rig(grace_avatar, astronaut_avatar):
-    driver = astronaut_avatar.landmarks.copy()
-    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
-    retarget.set_neutral(driver)
-    engine = WarpEngine(grace_avatar)
-    return driver, retarget, engine
-
-
 def _person_alpha(avatar):
     return avatar.engine_data["person_alpha"].astype(np.float32) / 255.0
 
