@@ -81,10 +81,18 @@ def eye_width(points: np.ndarray, side: str) -> float:
     return _dist(points, *corners)
 
 
+# Index arrays for the per-frame measurements (numpy converts a tuple on every indexing).
+_LIDS = {"right": (np.array(RIGHT_EYE_UPPER), np.array(RIGHT_EYE_LOWER)),
+         "left": (np.array(LEFT_EYE_UPPER), np.array(LEFT_EYE_LOWER))}
+_INNER_LIPS_RING = np.array(INNER_LIP_UPPER + tuple(reversed(INNER_LIP_LOWER)))
+_OUTER_LIPS = np.array(OUTER_LIP_UPPER + OUTER_LIP_LOWER)
+
+
 def eye_height(points: np.ndarray, side: str) -> float:
     """Mean lid gap of one eye, in pixels."""
-    upper, lower = (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER) if side == "right" else (LEFT_EYE_UPPER, LEFT_EYE_LOWER)
-    return float(np.mean(np.linalg.norm(points[list(upper), :2] - points[list(lower), :2], axis=1)))
+    upper, lower = _LIDS[side]
+    d = points[upper, :2] - points[lower, :2]
+    return float(np.sqrt((d * d).sum(axis=1)).mean())
 
 
 def eye_opening(points: np.ndarray) -> float:
@@ -146,7 +154,7 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
     if gap < 0.04 * mouth_width(points):
         return 0.0, 0.0
-    ring = points[list(INNER_LIP_UPPER + tuple(reversed(INNER_LIP_LOWER))), :2]
+    ring = points[_INNER_LIPS_RING, :2]
     h, w = image.shape[:2]
     x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 1, [w, h])
@@ -156,13 +164,15 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     cv2.fillPoly(mask, [np.round(ring - (x0, y0)).astype(np.int32)], 1)
     hsv = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2HSV)
     # Brightness relative to the lips around the opening, so lighting does not matter.
-    lips = points[list(OUTER_LIP_UPPER + OUTER_LIP_LOWER), :2].round().astype(int).clip(0, [w - 1, h - 1])
-    lip_v = float(np.median(cv2.cvtColor(image[lips[:, 1], lips[:, 0]].reshape(-1, 1, 3), cv2.COLOR_RGB2HSV)[:, 0, 2]))
+    lips = points[_OUTER_LIPS, :2].round().astype(int).clip(0, [w - 1, h - 1])
+    lip_v = float(np.median(image[lips[:, 1], lips[:, 0]].max(axis=1)))  # HSV's V is the largest channel
     teeth = (hsv[..., 2] > max(1.1 * lip_v, 60)) & (hsv[..., 1] < 110) & (mask > 0)
+    # Per row: pixels inside the opening and teeth among them; then each half's share.
+    inside_rows, teeth_rows = mask.sum(axis=1), teeth.sum(axis=1)
     mid = 0.5 * (points[UPPER_LIP_MID, 1] + points[LOWER_LIP_MID, 1]) - y0
-    rows = np.arange(y1 - y0)[:, None]
+    split = int(np.clip(np.ceil(mid), 0, len(inside_rows)))
     scores = []
-    for half in (rows < mid, rows >= mid):
-        inside = int((mask.astype(bool) & half).sum())
-        scores.append(float(np.clip(2.5 * teeth[half.repeat(mask.shape[1], axis=1)].sum() / max(inside, 1), 0.0, 1.0)) if inside else 0.0)
+    for rows in (slice(0, split), slice(split, None)):
+        inside = int(inside_rows[rows].sum())
+        scores.append(float(np.clip(2.5 * teeth_rows[rows].sum() / inside, 0.0, 1.0)) if inside else 0.0)
     return scores[0], scores[1]

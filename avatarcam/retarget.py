@@ -15,15 +15,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatarcam import landmarks as lm
-from avatarcam.geometry import Similarity, clamp_rotation, fit_similarity
+from avatarcam.geometry import (
+    Similarity,
+    clamp_rotation,
+    fit_similarity,
+    fit_similarity_2d,
+)
 from avatarcam.tracking import TrackedFace
 
-_STABLE = list(lm.STABLE)
-_RIGHT_EYE = list(lm.RIGHT_EYE + lm.RIGHT_IRIS)
-_LEFT_EYE = list(lm.LEFT_EYE + lm.LEFT_IRIS)
-_MOUTH = list(lm.MOUTH)
-_RIGHT_IRIS, _LEFT_IRIS = list(lm.RIGHT_IRIS), list(lm.LEFT_IRIS)
-_LOWER_LIP = list(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
+# Index arrays, not lists or tuples: numpy converts a list on every indexing.
+_STABLE = np.array(lm.STABLE)
+_RIGHT_EYE = np.array(lm.RIGHT_EYE + lm.RIGHT_IRIS)
+_LEFT_EYE = np.array(lm.LEFT_EYE + lm.LEFT_IRIS)
+_MOUTH = np.array(lm.MOUTH)
+_RIGHT_IRIS, _LEFT_IRIS = np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS)
+_LOWER_LIP = np.array(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
+_RIGHT_LIDS, _LEFT_LIDS = np.array(lm.RIGHT_EYE), np.array(lm.LEFT_EYE)
+# (upper lid, lower lid, iris) per eye; inner lips paired, corners left out.
+_LID_PAIRS = tuple((np.array(u), np.array(lo), np.array(i)) for u, lo, i in (
+    (lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS)))
+_INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
 
 
 @dataclass
@@ -63,6 +74,7 @@ class Retargeter:
         self.scale_range = scale_range
         self.hold_s, self.ease_s, self.recover_s = hold_s, ease_s, recover_s
         self._center = self.avatar[_STABLE].mean(axis=0)
+        self._stable_2d = self.avatar[_STABLE, :2].copy()
         self._axes = lm.head_axes(self.avatar)  # columns: the avatar face's right/down/forward
         self.neutral: np.ndarray | None = None
         self._align: Similarity | None = None
@@ -101,6 +113,7 @@ class Retargeter:
         scale[_MOUTH] = (m, m, m)
         self._local_scale = scale
         self._driver_down = lm.head_axes(driver)[:, 1]
+        self._neutral_eye = {side: lm.eye_height(driver, side) for side in ("right", "left")}
         self._neutral_gap = self._lip_gap(driver)
         self._closed_gap = self._neutral_gap
 
@@ -145,8 +158,8 @@ class Retargeter:
     def _steady_gaze(self, local: np.ndarray, driver: np.ndarray, scale: float) -> np.ndarray:
         """Irises move with their eye, and look around on their own only as far as the
         driver's eye is open: the iris points of a squinting or closing eye are guesses."""
-        for side, lids, iris in (("right", list(lm.RIGHT_EYE), _RIGHT_IRIS), ("left", list(lm.LEFT_EYE), _LEFT_IRIS)):
-            neutral = max(lm.eye_height(self.neutral, side), 1e-6)
+        for side, lids, iris in (("right", _RIGHT_LIDS, _RIGHT_IRIS), ("left", _LEFT_LIDS, _LEFT_IRIS)):
+            neutral = max(self._neutral_eye[side], 1e-6)
             open_share = lm.eye_height(driver, side) / (scale * neutral)
             k = float(np.clip((open_share - 0.35) / 0.35, 0.0, 1.0))
             if k < 1.0:
@@ -157,30 +170,28 @@ class Retargeter:
     def _keep_lids_apart(self, points: np.ndarray) -> np.ndarray:
         """A blink may close the lids, never cross them; irises stay between the lids."""
         down = self._axes[:, 1]
-        for upper, lower, iris in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS),
-                                   (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS)):
-            u, lo = list(upper), list(lower)
-            gap = (points[lo] - points[u]) @ down
+        for upper, lower, iris in _LID_PAIRS:
+            gap = (points[lower] - points[upper]) @ down
             crossed = gap < 0
             if crossed.any():
-                mid = 0.5 * (points[u][crossed] + points[lo][crossed])
-                points[np.array(u)[crossed]] = mid
-                points[np.array(lo)[crossed]] = mid
-            top = float((points[u] @ down).min())
-            bottom = float((points[lo] @ down).max())
-            iris_idx = list(iris)
-            depth = points[iris_idx] @ down
+                u, lo = upper[crossed], lower[crossed]
+                mid = 0.5 * (points[u] + points[lo])
+                points[u] = mid
+                points[lo] = mid
+            top = float((points[upper] @ down).min())
+            bottom = float((points[lower] @ down).max())
+            depth = points[iris] @ down
             clipped = np.clip(depth, min(top, bottom), max(top, bottom))
-            points[iris_idx] += np.outer(clipped - depth, down)
+            points[iris] += np.outer(clipped - depth, down)
         return points
 
     def _keep_lips_apart(self, points: np.ndarray) -> np.ndarray:
         """The mouth may close, its inner lips never cross."""
-        upper, lower = list(lm.INNER_LIP_UPPER[1:-1]), list(lm.INNER_LIP_LOWER)  # paired, corners left out
+        upper, lower = _INNER_UPPER, _INNER_LOWER
         gap = (points[lower] - points[upper]) @ self._axes[:, 1]
         crossed = gap < 0
         if crossed.any():
-            u, lo = np.array(upper)[crossed], np.array(lower)[crossed]
+            u, lo = upper[crossed], lower[crossed]
             mid = 0.5 * (points[u] + points[lo])
             points[u], points[lo] = mid, mid
         return points
@@ -216,8 +227,7 @@ class Retargeter:
         return self.pose(self._current, self._teeth)
 
     def pose(self, points: np.ndarray, teeth: tuple[float, float] = (0.0, 0.0)) -> AvatarPose:
-        head = fit_similarity(self.avatar[_STABLE, :2], points[_STABLE, :2]).as_affine_2d()
-        return AvatarPose(points.copy(), head, teeth)
+        return AvatarPose(points.copy(), fit_similarity_2d(self._stable_2d, points[_STABLE, :2]), teeth)
 
     def neutral_pose(self) -> AvatarPose:
         return self.pose(self.avatar)

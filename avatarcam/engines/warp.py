@@ -37,6 +37,10 @@ _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 14
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
 _INNER_LIPS_RING = lm.INNER_LIP_UPPER + tuple(reversed(lm.INNER_LIP_LOWER))
 _EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
+# The same as index arrays for the per-frame code (numpy converts a tuple on every use).
+_EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
+_IRIS_IDS = (np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS))
+_INNER_LIPS_IDS = np.array(_INNER_LIPS_RING)
 # How much of the head's motion each outer ring follows (hair/ears, then further out).
 # Background under the rings comes from the plate, so they can follow the head closely.
 _RING_FACTORS = (1.35, 1.9)
@@ -148,9 +152,11 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             "sclera": sclera, "irises": irises, "iris_geometry": iris_geometry}
 
 
-def _iris_circle(points: np.ndarray, iris: tuple[int, ...]) -> tuple[np.ndarray, float]:
+def _iris_circle(points: np.ndarray, iris) -> tuple[np.ndarray, float]:
+    """Centre and mean radius of an iris (its centre point first, then four on the rim)."""
     center = points[iris[0], :2]
-    return center, float(np.linalg.norm(points[list(iris[1:]), :2] - center, axis=1).mean())
+    d = points[np.asarray(iris[1:]), :2] - center
+    return center, float(np.sqrt((d * d).sum(axis=1)).mean())
 
 
 def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -555,8 +561,8 @@ class WarpEngine:
         """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave."""
         h, w = image.shape[:2]
         half = self._irises.shape[1] // 2
-        for k, (iris, ring) in enumerate(zip((lm.RIGHT_IRIS, lm.LEFT_IRIS), _EYE_RINGS.values())):
-            pts = self.framing.to_output(pose.xy[list(ring)])
+        for k, (iris, ring) in enumerate(zip(_IRIS_IDS, _EYE_RING_IDS.values())):
+            pts = self.framing.to_output(pose.xy[ring])
             x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int) - 1, 0)
             x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 2, [w, h])
             if x1 - x0 < 2 or y1 - y0 < 2:
@@ -580,12 +586,12 @@ class WarpEngine:
     def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose) -> None:
         """Blend in the lid texture over an eye whose lids have (nearly) met."""
         h, w = image.shape[:2]
-        for side, ring in _EYE_RINGS.items():
+        for side, ring in _EYE_RING_IDS.items():
             ratio = lm.eye_height(pose.landmarks, side) / max(self._lid_gap[side], 1e-6)
             closed = float(np.clip((_LID_START - ratio) / (_LID_START - _LID_FULL), 0.0, 1.0))
             if closed <= 0.0:
                 continue
-            pts = self.framing.to_output(pose.xy[list(ring)])
+            pts = self.framing.to_output(pose.xy[ring])
             size = float(np.ptp(pts[:, 0]))
             x0, y0 = np.floor(pts.min(axis=0) - 0.5 * size).astype(int)
             x1, y1 = np.ceil(pts.max(axis=0) + 0.5 * size).astype(int)
@@ -603,7 +609,7 @@ class WarpEngine:
         strength = float(np.clip((gap - self._src_gap - 1.0) / (0.08 * self._mouth_width), 0.0, 1.0))
         if strength <= 0.0:
             return
-        ring = self.framing.to_output(pose.xy[list(_INNER_LIPS_RING)])
+        ring = self.framing.to_output(pose.xy[_INNER_LIPS_IDS])
         h, w = image.shape[:2]
         x0, y0 = np.floor(ring.min(axis=0)).astype(int) - 2
         x1, y1 = np.ceil(ring.max(axis=0)).astype(int) + 3
