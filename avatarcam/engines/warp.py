@@ -31,7 +31,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, person_mask, push_pull_fill
 
-VERSION = "warp-2"
+VERSION = "warp-3"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -59,16 +59,17 @@ def _delaunay(points: np.ndarray) -> np.ndarray:
     lo = points.min(axis=0) - 10
     hi = points.max(axis=0) + 10
     subdiv = cv2.Subdiv2D((int(lo[0]), int(lo[1]), int(hi[0] - lo[0]) + 1, int(hi[1] - lo[1]) + 1))
-    lookup = {}
-    for i, p in enumerate(points):
-        lookup[(round(float(p[0]), 3), round(float(p[1]), 3))] = i
+    for p in points:
         subdiv.insert((float(p[0]), float(p[1])))
-    tris = []
-    for t in subdiv.getTriangleList():
-        idx = [lookup.get((round(float(t[2 * k]), 3), round(float(t[2 * k + 1]), 3))) for k in range(3)]
-        if None not in idx:  # triangles touching Subdiv2D's virtual outer vertices
-            tris.append(idx)
-    return np.array(tris, dtype=np.int32).reshape(-1, 3)
+    corners = subdiv.getTriangleList().reshape(-1, 3, 2).astype(np.float64)
+    # Subdiv2D keeps points as float32: each corner is matched to its nearest point (by
+    # rounded coordinates, a float64 point half a thousandth off its float32 copy would
+    # be missed and its triangles lost, leaving holes in the mesh). Corners far from
+    # every point are Subdiv2D's virtual outer vertices.
+    d = np.linalg.norm(corners[:, :, None] - points[None, None], axis=3)
+    idx = d.argmin(axis=2)
+    real = (np.take_along_axis(d, idx[..., None], axis=2)[..., 0] < 1e-2).all(axis=1)
+    return idx[real].astype(np.int32).reshape(-1, 3)
 
 
 def _inside(polygon: np.ndarray, point: np.ndarray) -> bool:
@@ -76,10 +77,18 @@ def _inside(polygon: np.ndarray, point: np.ndarray) -> bool:
 
 
 def _triangles_inside(points: np.ndarray, ids: np.ndarray, ring: tuple[int, ...], keep_inside: bool) -> np.ndarray:
-    """Delaunay triangles over ``points[ids]`` whose centre is inside (or outside) ``ring``."""
+    """Delaunay triangles over ``points[ids]`` whose centre is inside (or outside) ``ring``.
+
+    Outside, a triangle with a corner off the ring is kept whatever its centre: where a
+    ring point lies close to the outline, such a triangle's centre can fall inside it while
+    most of it lies outside, and dropping it would leave a notch that no triangle covers
+    (those pixels would then stay put while the head moves). Its part inside the outline
+    lies under the face's own triangles, which are drawn over it."""
     tris = ids[_delaunay(points[ids])]
     polygon = points[list(ring)]
-    keep = [t for t in tris if _inside(polygon, points[t].mean(axis=0)) == keep_inside]
+    on_ring = np.isin(tris, np.asarray(ring)).all(axis=1)
+    keep = [t for t, own in zip(tris, on_ring)
+            if (_inside(polygon, points[t].mean(axis=0)) == keep_inside) or (not keep_inside and not own)]
     return np.array(keep, dtype=np.int32).reshape(-1, 3)
 
 
@@ -225,6 +234,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.
     down = lm.head_axes(points)[:2, 1]
     down = down / max(np.linalg.norm(down), 1e-6)
     hole = np.zeros(patch.shape[:2], np.float32)
+    lid_band = np.zeros(patch.shape[:2], np.uint8)
     lines = []
     for side in _EYE_RINGS:
         width = lm.eye_width(points, side)
@@ -234,6 +244,9 @@ def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.
         # Opening plus the upper lashes above it; a little past the lower lid's edge.
         poly = np.vstack([corners[:1], upper - 0.2 * width * down, corners[1:], lower[::-1] + 0.04 * width * down])
         cv2.fillPoly(hole, [np.round((poly - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        # The upper lid's own skin, just above the lashes: it is what covers a shut eye.
+        band = np.vstack([upper - 0.15 * width * down, (upper - 0.5 * width * down)[::-1]])
+        cv2.fillPoly(lid_band, [np.round(band - origin).astype(np.int32)], 1)
         edge = np.vstack([corners[:1], upper, corners[1:]]) - 0.02 * width * down
         lines.append((edge - origin, width))
     # Lashes and eyeliner reach past the lid's edge: dark pixels close to the opening
@@ -245,7 +258,12 @@ def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.
     dark = luma < 0.7 * (np.median(around) if len(around) else luma.mean())
     hole = np.maximum(hole, ((near > 0) & dark).astype(np.float32))
     grown = cv2.dilate(hole, np.ones((3, 3), np.uint8))
-    skin = push_pull_fill(patch, (1.0 - np.clip(grown, 0, 1)) * (~dark))
+    valid = (1.0 - np.clip(grown, 0, 1)) * (~dark)
+    # Filled from the upper lid's skin where enough of it shows (a lid is darker than the
+    # cheek below the eye, which would make a pasted-on pale patch), else from all around.
+    upper_skin = valid * lid_band
+    skin = push_pull_fill(patch, upper_skin if upper_skin.sum() >= 20 else valid)
+    skin = skin * (1.0 - valid[..., None]) + patch * valid[..., None]  # only the hole is filled
     # The lash line's colour: the darkest tenth of the lid edge in the photo.
     lash_px = patch[(near > 0) & dark]
     lash = np.median(lash_px, axis=0) if len(lash_px) > 5 else 0.4 * np.median(skin.reshape(-1, 3), axis=0)
@@ -365,7 +383,7 @@ class WarpEngine:
         lips = lips.clip(0, [aw - 1, ah - 1])
         # A mouth opened wider than the photo shows is filled with a dark cavity tinted
         # like this avatar's lips, not with stretched lip texture.
-        self._cavity_color = avatar.image[lips[:, 1], lips[:, 0]].reshape(-1, 3).mean(axis=0) * 0.25
+        self._lip_color = avatar.image[lips[:, 1], lips[:, 0]].reshape(-1, 3).mean(axis=0)
         # Teeth are ivory lit like this face: about as bright as its skin allows, faintly
         # tinted by the photo's colour cast (grey in a grey photo).
         oval = np.round(avatar.landmarks[list(lm.FACE_OVAL), :2]).astype(np.int32)
@@ -620,14 +638,25 @@ class WarpEngine:
         mask = np.zeros((y1 - y0, x1 - x0), np.float32)
         cv2.fillPoly(mask, [np.round((ring - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
         mask = cv2.GaussianBlur(mask, (3, 3), 0)
-        fill = np.empty(mask.shape + (3,), np.float32)
-        fill[:] = self._cavity_color
+        fill = self._cavity(ring - origin, mask.shape, gap / max(self._mouth_width, 1e-6))
         upper, lower = pose.teeth
         if upper > 0.05 or lower > 0.05:
             self._draw_teeth(fill, ring - origin, upper, lower)
         alpha = (mask * (0.92 * strength))[..., None]
         roi = image[y0:y1, x0:x1]
         roi[:] = (roi * (1.0 - alpha) + fill * alpha).astype(np.uint8)
+
+    def _cavity(self, ring: np.ndarray, shape: tuple[int, int], opening: float) -> np.ndarray:
+        """The mouth's interior, float32 RGB of ``shape``, tinted like the avatar's lips:
+        dark towards the throat and, once the mouth is open wide enough to show it, the
+        tongue lit at the bottom (a flat near-black hole reads as a pasted shape)."""
+        top, bottom = float(ring[:, 1].min()), float(ring[:, 1].max())
+        left, right = float(ring[:, 0].min()), float(ring[:, 0].max())
+        v = (np.arange(shape[0], dtype=np.float32)[:, None] - top) / max(bottom - top, 1.0)
+        u = (np.arange(shape[1], dtype=np.float32)[None, :] - 0.5 * (left + right)) / max(0.5 * (right - left), 1.0)
+        tongue = np.sqrt(np.clip((v - 0.2) / 0.8, 0.0, 1.0) * np.clip(1.0 - u * u, 0.0, 1.0))
+        shade = 0.3 + 0.6 * float(np.clip((opening - 0.1) / 0.25, 0.0, 1.0)) * tongue
+        return shade[..., None] * self._lip_color.astype(np.float32)
 
     def _draw_teeth(self, fill: np.ndarray, ring: np.ndarray, upper: float, lower: float) -> None:
         """Shaded upper/lower teeth bands under the lips, into the cavity colour ``fill``.
