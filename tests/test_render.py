@@ -183,3 +183,64 @@ def test_cover_framing_fills_a_webcam_frame_around_the_face(grace_avatar):
     assert found is not None
     cx, cy = found[:, :2].mean(axis=0)
     assert 200 < cx < 440 and 60 < cy < 300
+
+
+def assert_mesh_covers_photo(avatar):
+    """Face, eye/mouth openings and the outer mesh leave no pixel of the photo uncovered
+    (an uncovered patch would stay put while the head around it moves)."""
+    import cv2
+
+    data = avatar.engine_data
+    points = np.vstack([avatar.landmarks[:, :2], data["points"]]).astype(np.float64)
+    h, w = avatar.image.shape[:2]
+    covered = np.zeros((h, w), np.uint8)
+    for tri in np.vstack([lm.face_triangles(), data["outer_triangles"], data["hole_triangles"]]):
+        cv2.fillConvexPoly(covered, np.round(points[tri] * 16).astype(np.int32), 1, cv2.LINE_8, shift=4)
+    assert covered.all(), f"{avatar.name}: {(covered == 0).sum()} pixels of the photo lie in no triangle"
+
+
+def test_mesh_covers_the_whole_photo(grace_avatar, astronaut_avatar):
+    assert_mesh_covers_photo(grace_avatar)
+    assert_mesh_covers_photo(astronaut_avatar)
+
+
+@pytest.mark.shared
+def test_mesh_covers_the_whole_photo_of_every_shared_face(shared_data, tmp_path):
+    """The shared portraits and the first frame of each shared clip (one of which lost
+    triangles to float32 rounding in the mesh's Delaunay step)."""
+    import cv2
+
+    from avatarcam.sources import VideoFileSource
+
+    from conftest import prepare
+
+    paths = sorted((shared_data / "portraits").iterdir())
+    for clip in sorted((shared_data / "driving").glob("*.mp4")):
+        source = VideoFileSource(clip)
+        frame = source.read()
+        source.close()
+        paths.append(tmp_path / f"{clip.stem}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+    for path in paths:
+        assert_mesh_covers_photo(prepare([path])[0])
+
+
+def test_hair_around_the_head_moves_with_it(rig, grace_avatar):
+    driver, retarget, engine, _ = rig
+    shift = 0.08 * lm.face_width(driver)
+    pose = retarget.pose(retarget.target(driver + np.array([shift, 0.0, 0.0])))
+    moved = pose.landmarks[lm.STABLE, 0].mean() - grace_avatar.landmarks[lm.STABLE, 0].mean()
+    assert moved > 3
+    shows = engine.source_map(pose)
+    h, w = grace_avatar.image.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    # Pixels just outside the face outline (hair, ears): each shows a photo point about
+    # as far back as the head moved.
+    oval = grace_avatar.landmarks[list(lm.FACE_OVAL), :2]
+    center = oval.mean(axis=0)
+    radius = np.linalg.norm(oval - center, axis=1).min()
+    r = np.hypot(xs - center[0] - moved, ys - center[1])
+    band = (r > 1.15 * radius) & (r < 1.3 * radius) & (ys < center[1])  # above the chin line
+    assert band.sum() > 100
+    dx = xs - shows[..., 0]
+    assert (dx[band] > 0.5 * moved).mean() > 0.98
