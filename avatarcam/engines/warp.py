@@ -272,14 +272,14 @@ def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.
     lash = np.median(lash_px, axis=0) if len(lash_px) > 5 else 0.4 * np.median(skin.reshape(-1, 3), axis=0)
     line = np.zeros(patch.shape[:2], np.float32)
     for edge, width in lines:
-        thick = max(1, round(0.04 * width))
+        thick = max(1, round(0.06 * width))
         cv2.polylines(line, [np.round(edge * 16).astype(np.int32)], False, 1.0, thick, cv2.LINE_AA, shift=4)
     # A closed lid is a little darker near its edge (the lashes' shadow).
     shade = cv2.GaussianBlur(line, (0, 0), 2.0)[..., None]
-    line = cv2.GaussianBlur(line, (0, 0), 0.6)[..., None] * 0.85
+    line = cv2.GaussianBlur(line, (0, 0), 0.6)[..., None] * 0.95
     closed = skin * (1.0 - 0.25 * shade)
     closed = closed * (1.0 - line) + lash * line
-    feather = np.maximum(cv2.GaussianBlur(grown, (0, 0), max(1.0, 0.04 * eye_w)), grown)[..., None]
+    feather = np.maximum(cv2.GaussianBlur(grown, (0, 0), max(1.0, 0.08 * eye_w)), grown)[..., None]
     out = patch * (1.0 - feather) + closed * feather
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), np.array([x0, y0, x1, y1], dtype=np.int32)
 
