@@ -364,7 +364,8 @@ class WarpEngine:
         self._identity_affine = np.array([[step * s, 0.0], [0.0, step * s], [o[0], o[1]]], dtype=np.float32)
         # The grid with one extrapolated sample all round, resized and cropped: every
         # output pixel lies between samples, none in resize's clamped outer half-cell.
-        self._padded = np.empty((self._grid_h + 2, self._grid_w + 2, 2), np.float32)
+        # Zeroed: the row extrapolation reads the corner columns before they are filled.
+        self._padded = np.zeros((self._grid_h + 2, self._grid_w + 2, 2), np.float32)
         self._dense_size = ((self._grid_w + 2) * step, (self._grid_h + 2) * step)
         self._crop = np.s_[step:step + oh, step:step + ow]
         self._dense = np.empty(self._dense_size[::-1] + (2,), np.float32)
