@@ -628,7 +628,9 @@ class WarpEngine:
 
     def _fill_mouth(self, image: np.ndarray, pose: AvatarPose) -> None:
         gap = float(np.linalg.norm(pose.xy[lm.UPPER_LIP_MID] - pose.xy[lm.LOWER_LIP_MID]))
-        strength = float(np.clip((gap - self._src_gap - 1.0) / (0.08 * self._mouth_width), 0.0, 1.0))
+        # A photo with parted lips shows its own mouth interior: opened a little wider, that
+        # interior stretched looks more like the person than a painted-in cavity does.
+        strength = float(np.clip((gap - max(self._src_gap + 1.0, 1.4 * self._src_gap)) / (0.08 * self._mouth_width), 0.0, 1.0))
         if strength <= 0.0:
             return
         ring = self.framing.to_output(pose.xy[_INNER_LIPS_IDS])
