@@ -42,6 +42,8 @@ _EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
 _EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
 _IRIS_IDS = (np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS))
 _INNER_LIPS_IDS = np.array(_INNER_LIPS_RING)
+# Rings closer than this many face heights to the photo's border follow the head less.
+_EDGE_TAPER = 0.2
 # Face outline points level with the ears (the head's sides).
 _EAR_LEVEL = (234, 454)
 # How much of the head's motion each outer ring follows (hair/ears, then further out).
@@ -129,7 +131,12 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             # Below the chin lie neck and shoulders, which follow the head less and less
             # (not at all from 0.3 face heights below the chin).
             below = np.clip((p[1] - chin_y + 0.1 * avatar.proportions["face_height"]) / max(0.4 * avatar.proportions["face_height"], 1.0), 0.0, 1.0)
-            weights.append(weight * (1.0 - below))
+            # Near the photo's border (whose points never move) a ring follows the head less,
+            # tapering evenly: a ring point at full weight beside a fixed border point pulled
+            # the hair between them into a spike when the head moved towards that border.
+            edge = float(min(p[0], p[1], w - 1 - p[0], h - 1 - p[1]))
+            taper = float(np.clip(edge / max(_EDGE_TAPER * avatar.proportions["face_height"], 1.0), 0.0, 1.0))
+            weights.append(weight * (1.0 - below) * taper)
     outer_pts = np.array(outer, dtype=np.float64).reshape(-1, 2)
     extra = np.vstack([outer_pts, border])
     extra_w = np.concatenate([np.array(weights), np.zeros(len(border))])
