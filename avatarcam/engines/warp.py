@@ -43,7 +43,7 @@ _EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
 _IRIS_IDS = (np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS))
 _INNER_LIPS_IDS = np.array(_INNER_LIPS_RING)
 # Rings closer than this many face heights to the photo's border follow the head less.
-_EDGE_TAPER = 0.2
+_EDGE_TAPER = 0.3
 # Face outline points level with the ears (the head's sides).
 _EAR_LEVEL = (234, 454)
 # How much of the head's motion each outer ring follows (hair/ears, then further out).
