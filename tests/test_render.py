@@ -209,10 +209,9 @@ def test_mesh_covers_the_whole_photo_of_every_shared_face(shared_data, tmp_path)
     """The shared portraits and the first frame of each shared clip (one of which lost
     triangles to float32 rounding in the mesh's Delaunay step)."""
     import cv2
+    from conftest import prepare
 
     from avatarcam.sources import VideoFileSource
-
-    from conftest import prepare
 
     paths = sorted((shared_data / "portraits").iterdir())
     for clip in sorted((shared_data / "driving").glob("*.mp4")):
