@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -84,16 +89,18 @@ def detect(image: np.ndarray):
 
 
 class FakeBackend:
-    """A pyvirtualcam backend (registered as "avatarcam-test") that keeps what it is sent."""
+    """A pyvirtualcam backend (registered as "avatarcam-test") that keeps what it is sent.
+    Subclasses keep their own ``instances``."""
 
     instances: ClassVar[list[FakeBackend]] = []
+    default_device = "/dev/avatarcam-test"
 
     def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device, **kw) -> None:
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "/dev/avatarcam-test"
-        self.frames: list[np.ndarray] = []
+        self._device = device or self.default_device
+        self.frames: list = []
         self.closes = 0
-        FakeBackend.instances.append(self)
+        type(self).instances.append(self)
 
     def send(self, frame: np.ndarray) -> None:
         assert self.closes == 0, "send() after close()"
@@ -109,12 +116,46 @@ class FakeBackend:
         return self.fourcc
 
 
+@contextmanager
+def registered_backend(name: str, backend: type[FakeBackend]) -> Iterator[type[FakeBackend]]:
+    """``backend`` registered with pyvirtualcam as ``name`` (no instances yet) while inside."""
+    backend.instances = []
+    pyvirtualcam.register_backend(name, backend)
+    try:
+        yield backend
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop(name, None)
+
+
 @pytest.fixture
 def fake_vcam():
-    FakeBackend.instances = []
-    pyvirtualcam.register_backend("avatarcam-test", FakeBackend)
-    yield FakeBackend
-    pyvirtualcam.camera.BACKENDS.pop("avatarcam-test", None)
+    with registered_backend("avatarcam-test", FakeBackend) as backend:
+        yield backend
+
+
+def signal_live_run(script: Path, ready: str, sig: int, settle_s: float, *, group: bool = False,
+                    timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run ``script`` with Python, wait for it to print ``ready``, let it run ``settle_s``
+    seconds more, then send it ``sig`` (to its whole process group with ``group``, as a
+    terminal's Ctrl-C does). Returns its exit code, stdout and stderr."""
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=script.parent, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=group)  # its own process group, like a terminal's job
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == ready, line + (proc.stderr.read() if proc.poll() is not None else "")
+        time.sleep(settle_s)
+        assert proc.poll() is None, "the live run ended by itself"
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, line + stdout, stderr
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import pytest
-import pyvirtualcam
+from conftest import FakeBackend, registered_backend, signal_live_run
 from PIL import Image
 
 from avatarcam import cli, sources
@@ -172,39 +172,28 @@ class ListSource(FrameSource):
         self._i = len(self.images)
 
 
-class RecordingBackend:
-    """A pyvirtualcam backend that keeps what it is sent, and when."""
+class RecordingBackend(FakeBackend):
+    """A pyvirtualcam backend that keeps when each frame was sent and how bright it was,
+    and the last frame."""
 
     instances: ClassVar[list[RecordingBackend]] = []
+    default_device = "/dev/avatarcam-faults"
 
-    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device, **kw) -> None:
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
         self.frames: list[tuple[float, float]] = []  # (time sent, mean brightness)
         self.last: np.ndarray | None = None
-        self.closes = 0
-        RecordingBackend.instances.append(self)
 
     def send(self, frame: np.ndarray) -> None:
         assert self.closes == 0, "send() after close()"
         self.frames.append((time.perf_counter(), float(frame.mean())))
         self.last = frame.reshape(self.height, self.width, 3).copy()
 
-    def close(self) -> None:
-        self.closes += 1
-
-    def device(self) -> str:
-        return "/dev/avatarcam-faults"
-
-    def native_fourcc(self):
-        return self.fourcc
-
 
 @pytest.fixture
 def recording_vcam():
-    RecordingBackend.instances = []
-    pyvirtualcam.register_backend("avatarcam-faults", RecordingBackend)
-    yield RecordingBackend
-    pyvirtualcam.camera.BACKENDS.pop("avatarcam-faults", None)
+    with registered_backend("avatarcam-faults", RecordingBackend) as backend:
+        yield backend
 
 
 @pytest.fixture
@@ -719,22 +708,9 @@ def test_signal_releases_camera_closes_virtual_camera_and_finalises_the_video(tm
             "--output", str(out), "--size", "320x240"]
     script = tmp_path / "live.py"
     script.write_text(textwrap.dedent(LIVE_SCRIPT.format(tests=str(TESTS), argv=argv)))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, like a terminal's job
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "first-frame-sent", line + (proc.stderr.read() if proc.poll() is not None else "")
-        time.sleep(0.7)
-        assert proc.poll() is None, "the live run ended by itself"
-        # Ctrl-C in a terminal signals the whole foreground group (ffmpeg too).
-        os.killpg(proc.pid, sig)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stderr
+    # Ctrl-C in a terminal signals the whole foreground group (ffmpeg too).
+    returncode, stdout, stderr = signal_live_run(script, "first-frame-sent", sig, 0.7, group=True)
+    assert returncode == 0, stderr
     assert "Traceback" not in stderr
     said = stdout.split()
     assert "camera-released" in said and "vcam-closed" in said and "network-used" not in said

@@ -2,10 +2,7 @@
 the preview's hotkeys, and stopping cleanly with stop() or SIGTERM."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,6 +13,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import pyvirtualcam
+from conftest import signal_live_run
 from pyvirtualcam.util import encode_fourcc
 
 from avatarcam import cli, sources
@@ -320,20 +318,9 @@ def test_sigterm_ends_a_live_run_and_keeps_the_video(tmp_path, astronaut_path):
     argv = ["--face", str(astronaut_path), "--no-virtual-cam", "--output", str(out), "--size", "320x240"]
     script = tmp_path / "run_live.py"
     script.write_text(textwrap.dedent(SIGTERM_SCRIPT.format(tests=str(TESTS), argv=argv)))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "sigterm-handler-installed", proc.stderr.read() if proc.poll() is not None else line
-        time.sleep(1.0)  # let it render some frames
-        assert proc.poll() is None, "the live run ended by itself"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    # One second after the handler is in place: some frames are rendered.
+    returncode, _, err = signal_live_run(script, "sigterm-handler-installed", signal.SIGTERM, 1.0, timeout=20)
+    assert returncode == 0, err
     assert "Traceback" not in err
     reader = imageio_ffmpeg.read_frames(str(out))
     meta = next(reader)
