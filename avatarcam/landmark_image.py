@@ -38,7 +38,7 @@ PARTS: tuple[tuple[str, tuple[int, ...], bool, tuple[int, int, int]], ...] = (
      True, (150, 255, 0)),
     ("outer_lips", _ring(lm.MOUTH_CORNERS[0], lm.OUTER_LIP_UPPER, lm.MOUTH_CORNERS[1], lm.OUTER_LIP_LOWER),
      True, (255, 0, 90)),
-    ("inner_lips", lm.INNER_LIP_UPPER + tuple(reversed(lm.INNER_LIP_LOWER)), True, (200, 0, 255)),
+    ("inner_lips", lm.INNER_LIPS_RING, True, (200, 0, 255)),
 )
 IRIS_COLOR = (255, 60, 60)
 

@@ -36,6 +36,7 @@ INNER_LIP_LOWER = (95, 88, 178, 87, 14, 317, 402, 318, 324)
 OUTER_LIP_UPPER = (185, 40, 39, 37, 0, 267, 269, 270, 409)
 OUTER_LIP_LOWER = (146, 91, 181, 84, 17, 314, 405, 321, 375)
 MOUTH = MOUTH_CORNERS + INNER_LIP_UPPER + INNER_LIP_LOWER + OUTER_LIP_UPPER + OUTER_LIP_LOWER
+INNER_LIPS_RING = INNER_LIP_UPPER + tuple(reversed(INNER_LIP_LOWER))  # the opening's outline, in order
 UPPER_LIP_MID, LOWER_LIP_MID = 13, 14
 
 FOREHEAD_TOP, CHIN, NOSE_TIP = 10, 152, 1
@@ -84,7 +85,7 @@ def eye_width(points: np.ndarray, side: str) -> float:
 # Index arrays for the per-frame measurements (numpy converts a tuple on every indexing).
 _LIDS = {"right": (np.array(RIGHT_EYE_UPPER), np.array(RIGHT_EYE_LOWER)),
          "left": (np.array(LEFT_EYE_UPPER), np.array(LEFT_EYE_LOWER))}
-_INNER_LIPS_RING = np.array(INNER_LIP_UPPER + tuple(reversed(INNER_LIP_LOWER)))
+_INNER_LIPS_IDS = np.array(INNER_LIPS_RING)
 _OUTER_LIPS = np.array(OUTER_LIP_UPPER + OUTER_LIP_LOWER)
 
 
@@ -154,7 +155,7 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
     if gap < 0.04 * mouth_width(points):
         return 0.0, 0.0
-    ring = points[_INNER_LIPS_RING, :2]
+    ring = points[_INNER_LIPS_IDS, :2]
     h, w = image.shape[:2]
     x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 1, [w, h])

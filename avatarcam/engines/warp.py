@@ -36,7 +36,7 @@ VERSION = "warp-3"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
-_INNER_LIPS_RING = lm.INNER_LIP_UPPER + tuple(reversed(lm.INNER_LIP_LOWER))
+_INNER_LIPS_RING = lm.INNER_LIPS_RING
 _EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
 # The same as index arrays for the per-frame code (numpy converts a tuple on every use).
 _EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
