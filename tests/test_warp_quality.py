@@ -161,6 +161,46 @@ def test_closed_lids_are_skin_not_eye(grace_rig, grace_avatar):
         assert np.abs(lid.mean(axis=0) - skin).sum() < 0.6 * np.abs(photo_iris.mean(axis=0) - skin).sum()
 
 
+def _lid_profiles(image: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
+    """Luma down through each shut eye, at columns across its middle: from well up the lid
+    to just below where the lids meet."""
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(float)
+    profiles = []
+    for corners, lower in ((lm.RIGHT_EYE_CORNERS, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_CORNERS, lm.LEFT_EYE_LOWER)):
+        a, b = points[list(corners), :2]
+        width = float(np.linalg.norm(b - a))
+        rim = points[list(lower), :2]
+        for x in np.linspace(min(a[0], b[0]) + 0.3 * width, max(a[0], b[0]) - 0.3 * width, 7):
+            meet = float(np.interp(x, *zip(*sorted(rim.tolist()))))
+            ys = np.arange(round(meet - 0.35 * width), round(meet + 0.12 * width) + 1)
+            profiles.append(luma[ys, int(round(x))])
+    return profiles
+
+
+@pytest.mark.parametrize("portrait", ["grace", "mona"])
+def test_shut_lids_are_skin_above_one_thin_lash_line(portrait, grace_rig, astronaut_avatar, request):
+    """A shut eye is lid skin down to a single thin lash line, as a real one is: no dark
+    patch where the eye was, no smeared lashes, no second line along its rim."""
+    if portrait == "grace":
+        driver, retarget, engine = grace_rig
+    else:
+        avatar, _ = prepare([request.getfixturevalue("shared_data") / "portraits" / "mona_lisa__avatarify_mona.jpg"])
+        driver = astronaut_avatar.landmarks.copy()
+        retarget = Retargeter(avatar.landmarks, avatar.proportions)
+        retarget.set_neutral(driver)
+        engine = WarpEngine(avatar)
+    target = retarget.target(close_eyes(driver))
+    out = engine.render(retarget.pose(target))
+    width = lm.eye_width(target, "right")
+    single = 0
+    profiles = _lid_profiles(out, target)
+    for profile in profiles:
+        dark = profile < 0.7 * np.median(profile)
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], dark.astype(int), [0]])) == 1)
+        single += len(runs) == 1 and dark.sum() <= 0.12 * width
+    assert single >= 0.8 * len(profiles)
+
+
 def test_gaze_moves_the_iris_within_the_eye(grace_rig):
     driver, retarget, engine = grace_rig
     base = detect(engine.render(retarget.pose(retarget.target(driver))))

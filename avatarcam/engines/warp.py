@@ -16,11 +16,15 @@ Layers, all made once at prepare time: the person (MediaPipe selfie segmentation
 warped with its soft alpha over a background plate filled in behind them, so a moving
 head reveals background, not smeared pixels (where nothing moved, the photo itself
 shows). The irises are their own layer over an eye texture showing sclera only, so gaze
-moves them without smearing the eye. Closing eyes blend in a lid texture (the opening
-filled with lid skin and a lash line) instead of stretching the lash line; an open
-mouth gets a dark cavity and shaded teeth where the driver shows teeth.
+moves them without smearing the eye. Closing eyes blend in a lid texture (painted for
+shut eyes, then squeezed into the lid band the warp stretches over them) instead of
+stretching the lashes, their lids are pulled the last way shut onto a smooth arc, and a
+lash line is drawn along it; an open mouth gets a dark cavity and shaded teeth where the
+driver shows teeth.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -32,7 +36,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, person_mask, push_pull_fill
 
-VERSION = "warp-3"
+VERSION = "warp-4"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -40,6 +44,9 @@ _INNER_LIPS_RING = lm.INNER_LIPS_RING
 _EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
 # The same as index arrays for the per-frame code (numpy converts a tuple on every use).
 _EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
+# Upper lid points with their lower partners: a shut eye puts each on its partner.
+_LID_PAIRS = ((np.array(lm.RIGHT_EYE_UPPER), np.array(lm.RIGHT_EYE_LOWER)),
+              (np.array(lm.LEFT_EYE_UPPER), np.array(lm.LEFT_EYE_LOWER)))
 _IRIS_IDS = (np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS))
 _INNER_LIPS_IDS = np.array(_INNER_LIPS_RING)
 # Rings closer than this many face heights to the photo's border follow the head less.
@@ -52,7 +59,9 @@ _RING_FACTORS = (1.35, 1.9)
 _RING_WEIGHTS = (1.0, 0.85)
 # The lid texture fully replaces the eye once the lid gap falls to this share of the
 # photo's, and starts to show below _LID_START.
-_LID_START, _LID_FULL = 0.6, 0.2
+_LID_START, _LID_FULL = 0.6, 0.3
+# A shut eye's lash line: width (share of the eye's width) and opacity mid-lid.
+_LASH_WIDTH, _LASH_INK = 0.045, 0.9
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
 _IRIS_REACH = 1.15
 # Triangles whose box holds more grid samples than this are filled one by one.
@@ -160,14 +169,14 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     # MediaPipe's mask, upscaled from 256 px, fades over many pixels; a narrower edge
     # keeps the plate from showing through the person's rim when the head moves.
     alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
-    lids, lids_box = _closed_lids(avatar.image, avatar.landmarks)
+    lids, lids_box, lash = _closed_lids(avatar.image, avatar.landmarks, np.vstack(holes[:2]))
     sclera, irises, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
     return {"points": extra.astype(np.float32), "weights": extra_w.astype(np.float32),
             "depths": extra_z.astype(np.float32),
             "outer_triangles": outside, "hole_triangles": np.vstack(holes),
             "person_alpha": np.round(alpha * 255).astype(np.uint8),
             "background": fill_background(avatar.image, alpha),
-            "lids": lids, "lids_box": lids_box,
+            "lids": lids, "lids_box": lids_box, "lash_color": lash,
             "sclera": sclera, "irises": irises, "iris_geometry": iris_geometry}
 
 
@@ -224,13 +233,41 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
     return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, geometry
 
 
-def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A patch of the photo around both eyes with the eyes shut: the opening and the upper
-    lash line filled with the surrounding lid skin, a thin lash line drawn where the
-    upper lid's edge is. Returns the patch and its box ``(x0, y0, x1, y1)``.
+def _shut_points(points: np.ndarray) -> np.ndarray:
+    """2D landmarks with both eyes shut: each upper lid point on its lower partner."""
+    shut = points[:, :2].astype(np.float64)
+    for upper, lower in _LID_PAIRS:
+        shut[upper] = shut[lower]
+    return shut
 
-    The upper lid's edge is where the lids meet once the warp closes the eye (the lid
-    band above it is stretched down over the opening), so the line is drawn there."""
+
+def _mesh_values(tris: np.ndarray, at: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point ``values`` (N, C) interpolated over triangles ``tris`` placed at ``at``
+    (N, 2) in an image of ``shape``: (H, W, C) float32, and the mask of pixels covered.
+    Later triangles draw over earlier ones."""
+    ids = np.full(shape, -1, np.int32)
+    for k, tri in enumerate(tris):
+        cv2.fillConvexPoly(ids, np.round(at[tri] * 16).astype(np.int32), k, cv2.LINE_8, shift=4)
+    ys, xs = np.nonzero(ids >= 0)
+    k = ids[ys, xs]
+    inv, _ = _barycentric_maps(at[tris])
+    bary = np.einsum("ni,nij->nj", np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64), inv[k])
+    out = np.zeros(shape + (values.shape[1],), np.float32)
+    out[ys, xs] = np.einsum("nj,njc->nc", bary, values[tris[k]])
+    return out, ids >= 0
+
+
+def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A patch of the photo around both eyes to show when they shut, and its box
+    ``(x0, y0, x1, y1)``.
+
+    The warp shuts an eye by pulling the band of lid above the upper lash line down over
+    the opening, three times its height: stretched, the lashes became a thick dark smear.
+    So the shut eye is painted where it will be seen, in the photo warped to shut eyes:
+    the top of the band stays as the warp shows it (the lid's fold), below it smooth lid
+    skin, shaded towards where the lids meet. That picture is squeezed back into the band
+    with the inverse of the same warp, so that the warp, shutting the eye, shows it at its
+    own scale. Also returns the lash line's colour, for the line drawn per frame."""
     h, w = image.shape[:2]
     xy = points[:, :2]
     eye_w = max(lm.eye_width(points, "right"), lm.eye_width(points, "left"), 4.0)
@@ -240,55 +277,120 @@ def _closed_lids(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.
     x0, y0 = np.maximum(lo, 0)
     x1, y1 = np.minimum(hi, [w, h])
     patch = image[y0:y1, x0:x1].astype(np.float32)
+    shape = patch.shape[:2]
     origin = np.array([x0, y0], dtype=np.float64)
+    src = xy.astype(np.float64) - origin
+    shut = _shut_points(points) - origin
+    upper_ids = np.concatenate([upper for upper, _ in _LID_PAIRS])
+    lower_ids = np.concatenate([lower for _, lower in _LID_PAIRS])
+    face = lm.face_triangles()
+    band = face[np.isin(face, upper_ids).any(axis=1)]  # the lid above each opening
+    moved = np.vstack([band, eye_triangles])
+
     down = lm.head_axes(points)[:2, 1]
-    down = down / max(np.linalg.norm(down), 1e-6)
-    hole = np.zeros(patch.shape[:2], np.float32)
-    lid_band = np.zeros(patch.shape[:2], np.uint8)
-    lines = []
-    for side in _EYE_RINGS:
-        width = lm.eye_width(points, side)
-        corners = xy[list(lm.RIGHT_EYE_CORNERS if side == "right" else lm.LEFT_EYE_CORNERS)]
-        upper = xy[list(lm.RIGHT_EYE_UPPER if side == "right" else lm.LEFT_EYE_UPPER)]
-        lower = xy[list(lm.RIGHT_EYE_LOWER if side == "right" else lm.LEFT_EYE_LOWER)]
-        # Opening plus the upper lashes above it; a little past the lower lid's edge.
-        poly = np.vstack([corners[:1], upper - 0.2 * width * down, corners[1:], lower[::-1] + 0.04 * width * down])
-        cv2.fillPoly(hole, [np.round((poly - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-        # The upper lid's own skin, just above the lashes: it is what covers a shut eye.
-        band = np.vstack([upper - 0.15 * width * down, (upper - 0.5 * width * down)[::-1]])
-        cv2.fillPoly(lid_band, [np.round(band - origin).astype(np.int32)], 1)
-        edge = np.vstack([corners[:1], upper, corners[1:]]) - 0.02 * width * down
-        lines.append((edge - origin, width))
-    # Lashes and eyeliner reach past the lid's edge: dark pixels close to the opening
-    # are replaced too, and no dark pixel (lashes, brows) lends its colour to the lid.
+    down = down / max(float(np.linalg.norm(down)), 1e-6)
+
+    # The shut picture: for each of its pixels the photo position the warp shows there,
+    # how far down the lid it lies (0 at the fold, 1 where the lids meet), and where the
+    # lid's own skin is (each lash-line point's anchor lies on the lid above the lashes).
+    area = WarpEngine._signed_area(shut, moved)
+    flipped = np.sign(area) != np.sign(WarpEngine._signed_area(src, moved))
+    order = np.argsort(~flipped, kind="stable")  # folded-over corner triangles first, drawn over
+    drawn = moved[order][np.abs(area[order]) > 1e-3]
+    depth = np.isin(np.arange(len(src)), upper_ids).astype(np.float64)
+    # The lid's skin shows between lashes and fold, at a height that differs from face to
+    # face: each eye's anchors lie at the lowest height where the band has brightened well
+    # past its lashes (higher up lie the fold, the brow's shadow or its lit bone).
+    soft = cv2.GaussianBlur(cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY), (0, 0), max(1.0, 0.03 * eye_w))
+    anchor = src.copy()
+    heights = np.linspace(0.04, 0.25, 12) * eye_w
+    for upper, _ in _LID_PAIRS:
+        probes = src[upper][:, None] - heights[None, :, None] * down  # (points, heights, 2)
+        seen = cv2.remap(soft, probes[..., 0].astype(np.float32), probes[..., 1].astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        profile = seen.mean(axis=0)
+        bright = profile >= profile.min() + 0.6 * (profile.max() - profile.min())
+        anchor[upper] = src[upper] - heights[int(np.argmax(bright))] * down
+    lookup, lid = _mesh_values(drawn, shut, np.column_stack([src, depth, anchor]), shape)
+    warped = cv2.remap(patch, lookup[..., 0], lookup[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    shown = np.where(lid[..., None], warped, patch)
+    t = lookup[..., 2]
+
+    # Nothing much darker than the skin around the eye (lashes, brows, a glasses frame)
+    # lends the lid its colour.
     luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
-    reach = max(3, round(0.22 * eye_w)) | 1
-    near = cv2.dilate((hole > 0.5).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
-    around = luma[(near > 0) & (hole < 0.5)]
+    reach = max(3, round(0.3 * eye_w)) | 1
+    lid8 = lid.astype(np.uint8)
+    near = cv2.dilate(lid8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))) > 0
+    rim = cv2.dilate(lid8, np.ones((5, 5), np.uint8)) > 0
+    around = luma[near & ~rim]
     dark = luma < 0.7 * (np.median(around) if len(around) else luma.mean())
-    hole = np.maximum(hole, ((near > 0) & dark).astype(np.float32))
-    grown = cv2.dilate(hole, np.ones((3, 3), np.uint8))
-    valid = (1.0 - np.clip(grown, 0, 1)) * (~dark)
-    # Filled from the upper lid's skin where enough of it shows (a lid is darker than the
-    # cheek below the eye, which would make a pasted-on pale patch), else from all around.
-    upper_skin = valid * lid_band
-    skin = push_pull_fill(patch, upper_skin if upper_skin.sum() >= 20 else valid)
-    skin = skin * (1.0 - valid[..., None]) + patch * valid[..., None]  # only the hole is filled
-    # The lash line's colour: the darkest tenth of the lid edge in the photo.
-    lash_px = patch[(near > 0) & dark]
+    below = np.zeros(shape, np.uint8)  # the lower lids and the cheek under them
+    for _, lower in _LID_PAIRS:
+        poly = np.vstack([src[lower], src[lower][::-1] + 0.6 * eye_w * down])
+        cv2.fillPoly(below, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+    skin = push_pull_fill(patch, (~dark).astype(np.float32))
+    # The shut lid is the skin above the lashes pulled down to where the lids meet,
+    # blurred so that it does not streak, with the grain of the skin above it (the
+    # photo's own texture: craquelure, pores, film grain).
+    lid_skin = cv2.GaussianBlur(skin, (0, 0), max(1.0, 0.05 * eye_w))
+    lid_skin = cv2.remap(lid_skin, lookup[..., 3], lookup[..., 4], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    detail = (patch - cv2.GaussianBlur(patch, (0, 0), max(1.0, 0.05 * eye_w))) * (~dark)[..., None]
+    valid = ~rim & ~dark & (below == 0)
+    spread = float(np.percentile(np.abs(detail[valid]), 90)) if valid.sum() >= 20 else 0.0
+    up = -0.5 * eye_w * down
+    lift = np.array([[1.0, 0.0, up[0]], [0.0, 1.0, up[1]]])
+    grain = np.clip(cv2.warpAffine(detail, lift, shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                   borderMode=cv2.BORDER_REFLECT), -spread, spread)
+    blend = (np.clip((t - 0.15) / 0.35, 0.0, 1.0) * lid)[..., None]
+    closed = shown * (1.0 - blend) + (lid_skin + grain) * blend
+    # A shut lid darkens towards its edge (the lashes' shadow); the lash line itself is
+    # drawn per frame along the lid's edge, sharper than this texture could hold it.
+    closed *= 1.0 - 0.2 * (np.clip((t - 0.7) / 0.3, 0.0, 1.0) * lid)[..., None]
+    lash_px = patch[dark & near]
     lash = np.median(lash_px, axis=0) if len(lash_px) > 5 else 0.4 * np.median(skin.reshape(-1, 3), axis=0)
-    line = np.zeros(patch.shape[:2], np.float32)
-    for edge, width in lines:
-        thick = max(1, round(0.06 * width))
-        cv2.polylines(line, [np.round(edge * 16).astype(np.int32)], False, 1.0, thick, cv2.LINE_AA, shift=4)
-    # A closed lid is a little darker near its edge (the lashes' shadow).
-    shade = cv2.GaussianBlur(line, (0, 0), 2.0)[..., None]
-    line = cv2.GaussianBlur(line, (0, 0), 0.6)[..., None] * 0.95
-    closed = skin * (1.0 - 0.25 * shade)
-    closed = closed * (1.0 - line) + lash * line
-    feather = np.maximum(cv2.GaussianBlur(grown, (0, 0), max(1.0, 0.08 * eye_w)), grown)[..., None]
-    out = patch * (1.0 - feather) + closed * feather
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), np.array([x0, y0, x1, y1], dtype=np.int32)
+
+    # Squeezed back: each photo pixel of the lid band shows the shut picture where the
+    # shut warp takes it. The opening, which the warp closes to a line, shows the lid's
+    # edge fading into the lower lid's skin: the warp's coarse map smears it across a few
+    # pixels there, and a dark opening smeared so wobbled under the lash line.
+    squeeze, cover = _mesh_values(band, src, shut, shape)
+    back = cv2.remap(closed, squeeze[..., 0], squeeze[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    out = np.where(cover[..., None], back, patch)
+    fall = np.full(len(src), 0.5)
+    fall[upper_ids], fall[lower_ids] = 0.0, 1.0
+    slit, opening = _mesh_values(eye_triangles, src, np.column_stack([shut - 0.05 * eye_w * down, fall]), shape)
+    # The upper lid closes over the lower one's rim (waterline, lower lashes): along the
+    # lower lid's edge the texture shows the skin below instead.
+    strip = np.zeros(shape, np.float32)
+    for _, lower in _LID_PAIRS:
+        poly = np.vstack([src[lower] - 0.02 * eye_w * down, src[lower][::-1] + 0.1 * eye_w * down])
+        cv2.fillPoly(strip, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+    under = (below > 0) & ~dark & (strip == 0) & ~opening
+    lower_skin = push_pull_fill(patch, under.astype(np.float32)) if under.sum() >= 20 else skin
+    strip = cv2.GaussianBlur(strip, (0, 0), max(0.7, 0.02 * eye_w))[..., None]
+    out = out * (1.0 - strip) + lower_skin * strip
+    lid_edge = cv2.remap(closed, slit[..., 0], slit[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    g = np.clip((slit[..., 2:] - 0.3) / 0.4, 0.0, 1.0)
+    out = np.where(opening[..., None], lid_edge * (1.0 - g) + lower_skin * g, out)
+    return (np.clip(out + 0.5, 0, 255).astype(np.uint8), np.array([x0, y0, x1, y1], dtype=np.int32),
+            lash.astype(np.float32))
+
+
+def _lid_arc(a: np.ndarray, b: np.ndarray, points: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+    """Points on the parabola from corner ``a`` to corner ``b`` that best fits ``points``
+    (a lid's edge), at fractions ``at`` of the way (default: where ``points`` lie along
+    it). A shut eye's lash line is a smooth arc; the landmarks along a lid wobble by a
+    pixel or two."""
+    length = float(np.linalg.norm(b - a))
+    along = (b - a) / max(length, 1e-6)
+    normal = np.array([-along[1], along[0]])
+    u = (points - a) @ along / max(length, 1e-6)
+    # v = k u (u - 1) passes through both corners; k by least squares over the lid points.
+    basis = u * (u - 1.0)
+    k = float(basis @ ((points - a) @ normal) / max(float(basis @ basis), 1e-9))
+    t = u if at is None else at
+    return a + np.outer(t * length, along) + np.outer(k * t * (t - 1.0), normal)
 
 
 def _barycentric_maps(dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -352,6 +454,7 @@ class WarpEngine:
         self._irises = data["irises"]
         self._iris_radius = data["iris_geometry"][:, 2].astype(np.float64)
         self._lid_gap = {s: lm.eye_height(avatar.landmarks, s) for s in _EYE_RINGS}
+        self._lash_color = np.round(data["lash_color"]).astype(np.uint8)
         self._alpha = self._shrink(data["person_alpha"])
         # Grid samples sit on the centres of grid_step x grid_step pixel blocks, which is
         # where cv2.resize puts a small image's pixels when it enlarges it grid_step
@@ -579,10 +682,13 @@ class WarpEngine:
 
     def render(self, pose: AvatarPose) -> np.ndarray:
         """The avatar in this pose, RGB uint8 of the framing's output size."""
+        shut = self._lid_closure(pose)
+        if shut:
+            pose = self._pull_lids(pose, shut)
         m, weight = self._dense_map(pose, alpha=True)
         person = cv2.remap(self._texture, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         self._draw_irises(person, pose)
-        self._close_lids(person, m, pose)
+        self._close_lids(person, m, pose, shut)
         self._fill_mouth(person, pose)
         return self._composite(person, weight)
 
@@ -612,12 +718,39 @@ class WarpEngine:
             front = cv2.multiply(np.ascontiguousarray(rgba[..., :3]), alpha, scale=1.0 / 255.0)
             roi[:] = cv2.add(front, cv2.multiply(roi, cv2.bitwise_not(alpha), scale=1.0 / 255.0))
 
-    def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose) -> None:
-        """Blend in the lid texture over an eye whose lids have (nearly) met."""
-        h, w = image.shape[:2]
-        for side, ring in _EYE_RING_IDS.items():
+    def _lid_closure(self, pose: AvatarPose) -> dict[str, float]:
+        """How far each eye is shut, 0..1, for the eyes whose lids are closing."""
+        shut = {}
+        for side in _EYE_RINGS:
             ratio = lm.eye_height(pose.landmarks, side) / max(self._lid_gap[side], 1e-6)
             closed = float(np.clip((_LID_START - ratio) / (_LID_START - _LID_FULL), 0.0, 1.0))
+            if closed > 0.0:
+                shut[side] = closed
+        return shut
+
+    @staticmethod
+    def _pull_lids(pose: AvatarPose, shut: dict[str, float]) -> AvatarPose:
+        """The pose with each closing eye's lids pulled together, as far as it is shut, onto
+        a smooth arc along the lower lid: the lid texture is painted for lids that meet
+        there, and a driver's lids seldom quite do (nor, scaled to the portrait, the
+        avatar's)."""
+        landmarks = pose.landmarks.copy()
+        for (upper, lower), (side, ring) in zip(_LID_PAIRS, _EYE_RING_IDS.items()):
+            if side not in shut:
+                continue
+            pull = shut[side] ** 2
+            a, b = landmarks[ring[[0, 8]], :2]
+            meet = _lid_arc(a, b, landmarks[lower, :2])
+            landmarks[upper, :2] += pull * (meet - landmarks[upper, :2])
+            landmarks[lower, :2] += pull * (meet - landmarks[lower, :2])
+            landmarks[upper, 2] += pull * (landmarks[lower, 2] - landmarks[upper, 2])
+        return dataclasses.replace(pose, landmarks=landmarks)
+
+    def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose, shut: dict[str, float]) -> None:
+        """Blend in the lid texture over each closing eye, and the lash line along its lid's edge."""
+        h, w = image.shape[:2]
+        for (upper, _), (side, ring) in zip(_LID_PAIRS, _EYE_RING_IDS.items()):
+            closed = shut.get(side, 0.0)
             if closed <= 0.0:
                 continue
             pts = self.framing.to_output(pose.xy[ring])
@@ -628,6 +761,18 @@ class WarpEngine:
             if x1 <= x0 or y1 <= y0:
                 continue
             lid = cv2.remap(self._lids, m[y0:y1, x0:x1], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            a, b = self.framing.to_output(pose.xy[ring[[0, 8]]]) - (x0, y0)
+            edge = _lid_arc(a, b, self.framing.to_output(pose.xy[upper]) - (x0, y0), np.linspace(0.0, 1.0, 16))
+            # The lash line: darkest and thickest mid-lid, thinner towards the corners.
+            arc = np.round(edge * 16).astype(np.int32)
+            thick = _LASH_WIDTH * size
+            line = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            cv2.polylines(line, [arc], False, 255, max(1, round(0.5 * thick)), cv2.LINE_AA, shift=4)
+            cv2.polylines(line, [arc[3:-3]], False, 255, max(1, round(thick)), cv2.LINE_AA, shift=4)
+            ink = cv2.multiply(cv2.merge([line, line, line]), (_LASH_INK,) * 3, dtype=cv2.CV_8U)
+            lash = np.empty_like(lid)
+            lash[:] = self._lash_color
+            lid = cv2.add(cv2.multiply(lash, ink, scale=1.0 / 255.0), cv2.multiply(lid, cv2.bitwise_not(ink), scale=1.0 / 255.0))
             if closed >= 1.0:
                 image[y0:y1, x0:x1] = lid
             else:
