@@ -357,3 +357,13 @@ def test_training_and_export_input_errors_are_one_line(tmp_path, capsys):
     assert export_main(["--checkpoint", str(bad), "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("export: error: cannot read checkpoint") and len(err.splitlines()) == 1
+
+
+def test_a_new_warp_engine_prepares_neural_avatars_again(tiny_model):
+    """The neural engine's prepared avatar embeds the warp engine's layers (background, lids,
+    irises): an avatar cached under another warp version lacks what this warp reads, so the
+    cache key (the engine's version) must change with the warp's."""
+    from avatarcam.engines import engine_class
+    from avatarcam.engines.warp import WarpEngine
+
+    assert WarpEngine.version in engine_class("neural", model_dir=str(tiny_model)).version

@@ -33,7 +33,9 @@ from avatarcam.retarget import AvatarPose
 
 log = logging.getLogger(__name__)
 
-VERSION = "neural-1"
+# The prepared data embeds the warp engine's (the background and the blend come from it),
+# so a new warp version prepares avatars again here too.
+VERSION = f"neural-1+{WarpEngine.version}"
 # Bump when model.json or the ONNX inputs/outputs change; older model directories are refused.
 MODEL_FORMAT = 1
 HOW_TO_GET_ONE = ("train and export one: avatarcam-train meta --data VIDEOS --out RUN && "
