@@ -506,7 +506,10 @@ class WarpEngine:
         skin = np.asarray(cv2.mean(avatar.image, face_mask)[:3])
         cast = (skin / max(skin.mean(), 1.0)) ** 0.3
         lum = float(np.clip(0.8 * skin.mean() + 70, 110, 230))
-        self._teeth_color = np.clip(np.array([1.0, 0.97, 0.9]) * cast * lum, 0, 255)
+        # Ivory in a colour photo, fading to plain grey in a black-and-white one.
+        colour = min(1.0, float(np.ptp(skin)) / max(float(skin.max()), 1.0) / 0.15)
+        ivory = 1.0 - (1.0 - np.array([1.0, 0.97, 0.9])) * colour
+        self._teeth_color = np.clip(ivory * cast * lum, 0, 255)
         self._src_gap = float(np.linalg.norm(avatar.landmarks[lm.UPPER_LIP_MID, :2] - avatar.landmarks[lm.LOWER_LIP_MID, :2]))
         self._mouth_width = lm.mouth_width(avatar.landmarks)
 
@@ -823,21 +826,39 @@ class WarpEngine:
         n_up = len(lm.INNER_LIP_UPPER)
         top, bottom = ring[:n_up], ring[n_up:][::-1]  # both from one mouth corner to the other
         width = max(float(np.linalg.norm(top[-1] - top[0])), 1.0)
+        xs = np.arange(fill.shape[1], dtype=np.float32)
+        ys = np.arange(fill.shape[0], dtype=np.float32)[:, None]
+
+        def lip_edge(edge: np.ndarray) -> np.ndarray:
+            order = np.argsort(edge[:, 0], kind="stable")
+            return np.interp(xs, edge[order, 0], edge[order, 1]).astype(np.float32)
+
+        y_top, y_bottom = lip_edge(top), lip_edge(bottom)
+        gap = np.maximum(y_bottom - y_top, 0.0)
         teeth = np.zeros(fill.shape[:2], np.float32)
-        for edge, amount, reach in ((top, upper, 0.17), (bottom, lower, -0.11)):
-            if amount > 0.05:
-                band = np.vstack([edge, edge[::-1] + (0.0, reach * min(1.0, amount) * width)])
-                cv2.fillPoly(teeth, [np.round(band * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        tone = np.ones(fill.shape[:2], np.float32)
+        # Each row reaches from its lip into the mouth, but never across it: however wide the
+        # teeth show, a dark gap stays between the rows (a solid pale bar reads as a third lip).
+        for y_edge, amount, reach, share, sign in ((y_top, upper, 0.17, 0.55, 1.0), (y_bottom, lower, 0.11, 0.35, -1.0)):
+            if amount <= 0.05:
+                continue
+            length = np.minimum(reach * min(1.0, amount) * width, share * gap)
+            depth = sign * (ys - y_edge)  # pixels into the mouth from this lip
+            row = np.clip(depth + 0.5, 0.0, 1.0) * np.clip(length - depth + 0.5, 0.0, 1.0)
+            v = np.clip(depth / np.maximum(length, 1e-3), 0.0, 1.0)
+            # In the lip's shadow just under it; the biting edge a little translucent.
+            shade = (0.7 + 0.3 * np.clip(v / 0.35, 0.0, 1.0)) * (1.0 - 0.12 * np.clip((v - 0.75) / 0.25, 0.0, 1.0))
+            tone = np.where(row > teeth, shade, tone)
+            teeth = np.maximum(teeth, row)
         # Shading: darker towards the mouth corners, where the teeth curve away into the
         # cavity, with faint gaps between teeth (incisors widest); softened a little.
-        xs = np.arange(fill.shape[1], dtype=np.float32)[None, :]
         mid = 0.5 * (top[0] + top[-1])
-        u = (xs - mid[0]) / (0.5 * width)
+        u = (xs[None, :] - mid[0]) / (0.5 * width)
         light = 0.35 + 0.65 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
         # Tooth edges at |u| = 0.16, 0.3, 0.42, 0.52 ... (each tooth narrower in view).
         phase = np.sqrt(np.abs(u)) * 7.0
         gaps = np.exp(-(((phase + 0.5) % 1.0 - 0.5) ** 2) / 0.004)
         light *= 1.0 - 0.12 * gaps * (np.abs(u) > 0.05)
         teeth = cv2.GaussianBlur(teeth, (3, 3), 0)[..., None]
-        color = self._teeth_color[None, None, :] * light[..., None]
+        color = self._teeth_color[None, None, :] * (light * tone)[..., None]
         fill[:] = fill * (1.0 - teeth) + color * teeth
