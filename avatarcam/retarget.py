@@ -34,6 +34,8 @@ _RIGHT_LIDS, _LEFT_LIDS = np.array(lm.RIGHT_EYE), np.array(lm.LEFT_EYE)
 # (upper lid, lower lid, iris) per eye; inner lips paired, corners left out.
 _LID_PAIRS = tuple((np.array(u), np.array(lo), np.array(i)) for u, lo, i in (
     (lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS)))
+# A driver's neutral lip gap below this share of its mouth width counts as closed.
+_PARTED = 0.03
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
 
 
@@ -76,6 +78,8 @@ class Retargeter:
         self._center = self.avatar[_STABLE].mean(axis=0)
         self._stable_2d = self.avatar[_STABLE, :2].copy()
         self._axes = lm.head_axes(self.avatar)  # columns: the avatar face's right/down/forward
+        # The portrait's own lip gap (a photo may show parted lips or teeth).
+        self._photo_gap = max(0.0, float((self.avatar[lm.LOWER_LIP_MID] - self.avatar[lm.UPPER_LIP_MID]) @ self._axes[:, 1]))
         self.neutral: np.ndarray | None = None
         self._align: Similarity | None = None
         self._local_scale: np.ndarray | None = None
@@ -139,6 +143,13 @@ class Retargeter:
         local = expression @ self._axes * self._local_scale  # in the avatar face's own axes
         local = self._steady_gaze(local, driver, motion.scale)
         shaped = self.avatar + local @ self._axes.T
+        # Measured from the closed mouth, a portrait with parted lips would open by its own
+        # gap plus the driver's (twice as wide as the driver when the photo is of the driver)
+        # and never close. As far as the driver has been seen closing from a parted neutral,
+        # the portrait's own gap closes with it: closed driver, closed avatar.
+        if self._neutral_gap > _PARTED * lm.mouth_width(self.neutral):
+            closing = float(np.clip(1.0 - self._closed_gap / self._neutral_gap, 0.0, 1.0))
+            shaped[_LOWER_LIP] -= closing * self._photo_gap * self._axes[:, 1]
         shaped = self._keep_lids_apart(shaped)
         shaped = self._keep_lips_apart(shaped)
 

@@ -34,6 +34,24 @@ def test_neutral_taken_mid_word_closes_the_mouth_without_crossing_the_lips(grace
     assert lm.mouth_opening(talking) > own + 0.12
 
 
+def test_portrait_with_parted_lips_closes_and_opens_as_the_driver_does(astronaut_avatar):
+    """A portrait caught mid-word, driven by the same face (self-reenactment): the driver
+    closing its mouth closes the portrait's, and parting its lips again parts the
+    portrait's as far as the driver's, not its own gap plus the driver's."""
+    face = astronaut_avatar.landmarks  # she smiles with parted lips: closed first
+    gap = np.linalg.norm(face[lm.LOWER_LIP_MID, :2] - face[lm.UPPER_LIP_MID, :2])
+    closed = _part_lips(face, -gap / lm.mouth_width(face))
+    parted = _part_lips(closed, 0.15)
+    retarget = Retargeter(parted, astronaut_avatar.proportions)
+    retarget.set_neutral(parted)
+    own = lm.mouth_opening(parted)
+    assert own > 0.12
+    shut = retarget.target(closed)
+    assert lm.mouth_opening(shut) < 0.03
+    again = retarget.target(parted)
+    assert abs(lm.mouth_opening(again) - own) < 0.03
+
+
 def test_filter_lets_a_blink_through(astronaut_avatar):
     """A blink takes a tenth of a second: the smoothed lids must close most of the way,
     or the avatar only twitches its eyes."""
