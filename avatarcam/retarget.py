@@ -36,6 +36,11 @@ _LID_PAIRS = tuple((np.array(u), np.array(lo), np.array(i)) for u, lo, i in (
     (lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS)))
 # A driver's neutral lip gap below this share of its mouth width counts as closed.
 _PARTED = 0.03
+# A neutral is not taken while the driver's eyes are this shut (lm.eye_opening: about
+# 0.25-0.35 open, under 0.1 shut; the deep part of a blink), for up to _NEUTRAL_WAIT_S.
+# (At 0.12 it also caught a clip whose first frames look down, 0.1 for half a second:
+# the neutral then came from another pose, and its self-reenactment error rose by half.)
+_SHUT_EYES, _NEUTRAL_WAIT_S = 0.07, 0.5
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
 
 
@@ -84,6 +89,7 @@ class Retargeter:
         self._align: Similarity | None = None
         self._local_scale: np.ndarray | None = None
         self._want_neutral = True
+        self._neutral_wait_since: float | None = None
         self._current = self.avatar.copy()
         self._last_t: float | None = None
         self._recovering = False
@@ -97,11 +103,13 @@ class Retargeter:
     def request_neutral(self) -> None:
         """Take the next tracked face as the driver's neutral."""
         self._want_neutral = True
+        self._neutral_wait_since = None
 
     def set_neutral(self, driver: np.ndarray) -> None:
         driver = np.asarray(driver, dtype=np.float64)
         self.neutral = driver.copy()
         self._want_neutral = False
+        self._neutral_wait_since = None
         # Driver neutral -> avatar: the frame change for expression offsets.
         self._align = fit_similarity(driver[_STABLE], self.avatar[_STABLE])
         s = self._align.scale
@@ -216,6 +224,8 @@ class Retargeter:
         self._last_t = now
         if face is not None:
             if self._want_neutral:
+                if self._blinking_at_neutral(face.landmarks, now):
+                    return self.pose(self._current, self._teeth)
                 self.set_neutral(face.landmarks)
             goal = self.target(face.landmarks)
             if self._recovering:
@@ -236,6 +246,16 @@ class Retargeter:
                 k = 1.0 - math.exp(-dt / self.ease_s)
                 self._current = self._current + k * (self.avatar - self._current)
         return self.pose(self._current, self._teeth)
+
+    def _blinking_at_neutral(self, driver: np.ndarray, now: float) -> bool:
+        """Whether to wait for another face before taking the neutral: one caught mid-blink
+        would make every open eye after it look wide open on the avatar, and its blinks
+        not shut. Eyes that stay narrow get their neutral after _NEUTRAL_WAIT_S anyway."""
+        if lm.eye_opening(driver) >= _SHUT_EYES:
+            return False
+        if self._neutral_wait_since is None:
+            self._neutral_wait_since = now
+        return now - self._neutral_wait_since < _NEUTRAL_WAIT_S
 
     def pose(self, points: np.ndarray, teeth: tuple[float, float] = (0.0, 0.0)) -> AvatarPose:
         return AvatarPose(points.copy(), fit_similarity_2d(self._stable_2d, points[_STABLE, :2]), teeth)

@@ -52,6 +52,31 @@ def test_portrait_with_parted_lips_closes_and_opens_as_the_driver_does(astronaut
     assert abs(lm.mouth_opening(again) - own) < 0.03
 
 
+def test_neutral_is_not_taken_mid_blink(grace_avatar, astronaut_avatar):
+    """The first face seen becomes the neutral, but not while its eyes are shut: taken then,
+    every open eye after it showed the portrait's eyes bulging (3.7 times as open as in the
+    photo) and its blinks never shut them."""
+    from test_render import close_eyes
+
+    from avatarcam.tracking import TrackedFace
+
+    open_eyes = astronaut_avatar.landmarks
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    blink = close_eyes(open_eyes)
+    still = retarget.update(TrackedFace(blink, blink, 0.0), 0.0)
+    assert retarget.neutral is None and np.allclose(still.landmarks, grace_avatar.landmarks)
+    after = retarget.update(TrackedFace(open_eyes, open_eyes, 0.1), 0.1)
+    own = lm.eye_opening(grace_avatar.landmarks)
+    assert abs(lm.eye_opening(after.landmarks) - own) < 0.1 * own
+    shut = retarget.update(TrackedFace(blink, blink, 0.2), 0.2)
+    assert lm.eye_opening(shut.landmarks) < 0.3 * own
+    # Eyes that stay narrow still get a neutral, after half a second.
+    narrow = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    for t in (0.0, 0.3, 0.6):
+        narrow.update(TrackedFace(blink, blink, t), t)
+    assert narrow.neutral is not None
+
+
 def test_filter_lets_a_blink_through(astronaut_avatar):
     """A blink takes a tenth of a second: the smoothed lids must close most of the way,
     or the avatar only twitches its eyes."""
