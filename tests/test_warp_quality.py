@@ -173,7 +173,7 @@ def _lid_profiles(image: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
         for x in np.linspace(min(a[0], b[0]) + 0.3 * width, max(a[0], b[0]) - 0.3 * width, 7):
             meet = float(np.interp(x, *zip(*sorted(rim.tolist()))))
             ys = np.arange(round(meet - 0.35 * width), round(meet + 0.12 * width) + 1)
-            profiles.append(luma[ys, int(round(x))])
+            profiles.append(luma[ys, int(np.rint(x))])
     return profiles
 
 
