@@ -41,6 +41,9 @@ _PARTED = 0.03
 # (At 0.12 it also caught a clip whose first frames look down, 0.1 for half a second:
 # the neutral then came from another pose, and its self-reenactment error rose by half.)
 _SHUT_EYES, _NEUTRAL_WAIT_S = 0.07, 0.5
+# A neutral with eyes narrower than this takes its eyes from the first face within
+# _NEUTRAL_WAIT_S whose eyes are _EYES_OPENED times as open.
+_NARROW_EYES, _EYES_OPENED = 0.15, 1.3
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
 
 
@@ -90,6 +93,8 @@ class Retargeter:
         self._local_scale: np.ndarray | None = None
         self._want_neutral = True
         self._neutral_wait_since: float | None = None
+        self._neutral_since = 0.0
+        self._narrow_neutral = False
         self._current = self.avatar.copy()
         self._last_t: float | None = None
         self._recovering = False
@@ -117,17 +122,36 @@ class Retargeter:
         face = (_ratio(p["face_width"], s * lm.face_width(driver)), _ratio(p["face_height"], s * lm.face_height(driver)))
         scale = np.empty((lm.NUM_LANDMARKS, 3))
         scale[:] = (face[0], face[1], face[0])
-        for side, idx in (("right", _RIGHT_EYE), ("left", _LEFT_EYE)):
-            wx = _ratio(p[f"{side}_eye_width"], s * lm.eye_width(driver, side))
-            hy = _ratio(p[f"{side}_eye_height"], s * lm.eye_height(driver, side), 0.4, 2.5)
-            scale[idx] = (wx, hy, wx)
         m = _ratio(p["mouth_width"], s * lm.mouth_width(driver))
         scale[_MOUTH] = (m, m, m)
         self._local_scale = scale
+        self._scale_eyes()
         self._driver_down = lm.head_axes(driver)[:, 1]
-        self._neutral_eye = {side: lm.eye_height(driver, side) for side in ("right", "left")}
         self._neutral_gap = self._lip_gap(driver)
         self._closed_gap = self._neutral_gap
+        self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES
+
+    def _scale_eyes(self) -> None:
+        """Eye motion scales to the avatar's eye size (from the neutral's eyes)."""
+        assert self.neutral is not None and self._align is not None and self._local_scale is not None
+        s, p = self._align.scale, self.proportions
+        for side, idx in (("right", _RIGHT_EYE), ("left", _LEFT_EYE)):
+            wx = _ratio(p[f"{side}_eye_width"], s * lm.eye_width(self.neutral, side))
+            hy = _ratio(p[f"{side}_eye_height"], s * lm.eye_height(self.neutral, side), 0.4, 2.5)
+            self._local_scale[idx] = (wx, hy, wx)
+        self._neutral_eye = {side: lm.eye_height(self.neutral, side) for side in ("right", "left")}
+
+    def _open_neutral_eyes(self, driver: np.ndarray) -> None:
+        """A neutral whose eyes were half shut (a blink starting or ending) takes its eyes
+        from a face seen soon after with them clearly more open: measured from half-shut
+        eyes, every open eye would look wide open on the avatar."""
+        assert self.neutral is not None
+        if lm.eye_opening(driver) < _EYES_OPENED * lm.eye_opening(self.neutral):
+            return
+        undone = fit_similarity(self.neutral[_STABLE], driver[_STABLE]).inverse_apply(driver)
+        for idx in (_RIGHT_EYE, _LEFT_EYE):
+            self.neutral[idx] = undone[idx]
+        self._scale_eyes()
 
     def _lip_gap(self, points: np.ndarray) -> float:
         """Inner-lip gap along the driver's neutral down axis (negative: lips pressed past)."""
@@ -227,6 +251,9 @@ class Retargeter:
                 if self._blinking_at_neutral(face.landmarks, now):
                     return self.pose(self._current, self._teeth)
                 self.set_neutral(face.landmarks)
+                self._neutral_since = now
+            elif self._narrow_neutral and now - self._neutral_since <= _NEUTRAL_WAIT_S:
+                self._open_neutral_eyes(face.landmarks)
             goal = self.target(face.landmarks)
             if self._recovering:
                 k = 1.0 - math.exp(-dt / self.recover_s) if dt > 0 else 0.3

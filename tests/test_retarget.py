@@ -77,6 +77,30 @@ def test_neutral_is_not_taken_mid_blink(grace_avatar, astronaut_avatar):
     assert narrow.neutral is not None
 
 
+def test_neutral_caught_with_half_shut_eyes_takes_them_from_the_next_open_face(grace_avatar, astronaut_avatar):
+    """A neutral caught as a blink starts (eyes half shut, not shut enough to wait for)
+    takes its eyes from the first clearly more open face within half a second, so open
+    eyes after it do not bulge."""
+    from avatarcam.tracking import TrackedFace
+
+    open_eyes = astronaut_avatar.landmarks
+    half = open_eyes.copy()
+    for upper, lower in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER)):
+        half[list(upper)] += 0.6 * (half[list(lower)] - half[list(upper)])
+    assert 0.07 < lm.eye_opening(half) < 0.15
+    own = lm.eye_opening(grace_avatar.landmarks)
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.update(TrackedFace(half, half, 0.0), 0.0)
+    assert retarget.neutral is not None  # not waited for: half shut is not shut
+    after = retarget.update(TrackedFace(open_eyes, open_eyes, 0.1), 0.1)
+    assert abs(lm.eye_opening(after.landmarks) - own) < 0.1 * own
+    # Later than half a second the neutral's eyes stay as they are.
+    late = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    late.update(TrackedFace(half, half, 0.0), 0.0)
+    bulging = late.update(TrackedFace(open_eyes, open_eyes, 0.8), 0.8)
+    assert lm.eye_opening(bulging.landmarks) > 1.5 * own
+
+
 def test_filter_lets_a_blink_through(astronaut_avatar):
     """A blink takes a tenth of a second: the smoothed lids must close most of the way,
     or the avatar only twitches its eyes."""
