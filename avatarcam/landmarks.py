@@ -82,16 +82,18 @@ def eye_width(points: np.ndarray, side: str) -> float:
     return _dist(points, *corners)
 
 
-# Index arrays for the per-frame measurements (numpy converts a tuple on every indexing).
-_LIDS = {"right": (np.array(RIGHT_EYE_UPPER), np.array(RIGHT_EYE_LOWER)),
-         "left": (np.array(LEFT_EYE_UPPER), np.array(LEFT_EYE_LOWER))}
-_INNER_LIPS_IDS = np.array(INNER_LIPS_RING)
+# Index arrays for per-frame code (numpy converts a tuple on every indexing): per eye its
+# (upper lid, lower lid) points, paired, and its corners; the inner lips' outline.
+LID_IDS = {"right": (np.array(RIGHT_EYE_UPPER), np.array(RIGHT_EYE_LOWER)),
+           "left": (np.array(LEFT_EYE_UPPER), np.array(LEFT_EYE_LOWER))}
+EYE_CORNER_IDS = {"right": np.array(RIGHT_EYE_CORNERS), "left": np.array(LEFT_EYE_CORNERS)}
+INNER_LIPS_IDS = np.array(INNER_LIPS_RING)
 _OUTER_LIPS = np.array(OUTER_LIP_UPPER + OUTER_LIP_LOWER)
 
 
 def eye_height(points: np.ndarray, side: str) -> float:
     """Mean lid gap of one eye, in pixels."""
-    upper, lower = _LIDS[side]
+    upper, lower = LID_IDS[side]
     d = points[upper, :2] - points[lower, :2]
     return float(np.sqrt((d * d).sum(axis=1)).mean())
 
@@ -155,7 +157,7 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
     if gap < 0.04 * mouth_width(points):
         return 0.0, 0.0
-    ring = points[_INNER_LIPS_IDS, :2]
+    ring = points[INNER_LIPS_IDS, :2]
     h, w = image.shape[:2]
     x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 1, [w, h])

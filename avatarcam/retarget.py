@@ -32,8 +32,7 @@ _RIGHT_IRIS, _LEFT_IRIS = np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS)
 _LOWER_LIP = np.array(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
 _RIGHT_LIDS, _LEFT_LIDS = np.array(lm.RIGHT_EYE), np.array(lm.LEFT_EYE)
 # (upper lid, lower lid, iris) per eye; inner lips paired, corners left out.
-_LID_PAIRS = tuple((np.array(u), np.array(lo), np.array(i)) for u, lo, i in (
-    (lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS)))
+_LID_PAIRS = ((*lm.LID_IDS["right"], _RIGHT_IRIS), (*lm.LID_IDS["left"], _LEFT_IRIS))
 # A driver's neutral lip gap below this share of its mouth width counts as closed.
 _PARTED = 0.03
 # A neutral is not taken while the driver's eyes are this shut (lm.eye_opening: about
@@ -94,7 +93,7 @@ class Retargeter:
         self._want_neutral = True
         self._neutral_wait_since: float | None = None
         self._neutral_since = 0.0
-        self._narrow_neutral = False
+        self._parted_neutral = self._narrow_neutral = False
         self._current = self.avatar.copy()
         self._last_t: float | None = None
         self._recovering = False
@@ -129,6 +128,7 @@ class Retargeter:
         self._driver_down = lm.head_axes(driver)[:, 1]
         self._neutral_gap = self._lip_gap(driver)
         self._closed_gap = self._neutral_gap
+        self._parted_neutral = self._neutral_gap > _PARTED * lm.mouth_width(driver)
         self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES
 
     def _scale_eyes(self) -> None:
@@ -179,7 +179,7 @@ class Retargeter:
         # gap plus the driver's (twice as wide as the driver when the photo is of the driver)
         # and never close. As far as the driver has been seen closing from a parted neutral,
         # the portrait's own gap closes with it: closed driver, closed avatar.
-        if self._neutral_gap > _PARTED * lm.mouth_width(self.neutral):
+        if self._parted_neutral:
             closing = float(np.clip(1.0 - self._closed_gap / self._neutral_gap, 0.0, 1.0))
             shaped[_LOWER_LIP] -= closing * self._photo_gap * self._axes[:, 1]
         shaped = self._keep_lids_apart(shaped)

@@ -40,15 +40,10 @@ VERSION = "warp-4"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
-_INNER_LIPS_RING = lm.INNER_LIPS_RING
 _EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
 # The same as index arrays for the per-frame code (numpy converts a tuple on every use).
 _EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
-# Upper lid points with their lower partners: a shut eye puts each on its partner.
-_LID_PAIRS = ((np.array(lm.RIGHT_EYE_UPPER), np.array(lm.RIGHT_EYE_LOWER)),
-              (np.array(lm.LEFT_EYE_UPPER), np.array(lm.LEFT_EYE_LOWER)))
 _IRIS_IDS = (np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS))
-_INNER_LIPS_IDS = np.array(_INNER_LIPS_RING)
 # Rings closer than this many face heights to the photo's border follow the head less.
 _EDGE_TAPER = 0.3
 # Face outline points level with the ears (the head's sides).
@@ -163,7 +158,7 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
         # The eye opening follows the lids only; the iris is drawn over it as its own layer.
         _triangles_inside(all_pts, np.array(_RIGHT_EYE_RING), _RIGHT_EYE_RING, True),
         _triangles_inside(all_pts, np.array(_LEFT_EYE_RING), _LEFT_EYE_RING, True),
-        _triangles_inside(all_pts, np.array(_INNER_LIPS_RING), _INNER_LIPS_RING, True),
+        _triangles_inside(all_pts, lm.INNER_LIPS_IDS, lm.INNER_LIPS_RING, True),
     ]
     alpha = person_mask(avatar.image, avatar.landmarks)
     # MediaPipe's mask, upscaled from 256 px, fades over many pixels; a narrower edge
@@ -236,7 +231,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
 def _shut_points(points: np.ndarray) -> np.ndarray:
     """2D landmarks with both eyes shut: each upper lid point on its lower partner."""
     shut = points[:, :2].astype(np.float64)
-    for upper, lower in _LID_PAIRS:
+    for upper, lower in lm.LID_IDS.values():
         shut[upper] = shut[lower]
     return shut
 
@@ -281,8 +276,8 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     origin = np.array([x0, y0], dtype=np.float64)
     src = xy.astype(np.float64) - origin
     shut = _shut_points(points) - origin
-    upper_ids = np.concatenate([upper for upper, _ in _LID_PAIRS])
-    lower_ids = np.concatenate([lower for _, lower in _LID_PAIRS])
+    upper_ids = np.concatenate([upper for upper, _ in lm.LID_IDS.values()])
+    lower_ids = np.concatenate([lower for _, lower in lm.LID_IDS.values()])
     face = lm.face_triangles()
     band = face[np.isin(face, upper_ids).any(axis=1)]  # the lid above each opening
     moved = np.vstack([band, eye_triangles])
@@ -301,10 +296,11 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     # The lid's skin shows between lashes and fold, at a height that differs from face to
     # face: each eye's anchors lie at the lowest height where the band has brightened well
     # past its lashes (higher up lie the fold, the brow's shadow or its lit bone).
-    soft = cv2.GaussianBlur(cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY), (0, 0), max(1.0, 0.03 * eye_w))
+    luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
+    soft = cv2.GaussianBlur(luma, (0, 0), max(1.0, 0.03 * eye_w))
     anchor = src.copy()
     heights = np.linspace(0.04, 0.25, 12) * eye_w
-    for upper, _ in _LID_PAIRS:
+    for upper, _ in lm.LID_IDS.values():
         probes = src[upper][:, None] - heights[None, :, None] * down  # (points, heights, 2)
         seen = cv2.remap(soft, probes[..., 0].astype(np.float32), probes[..., 1].astype(np.float32),
                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -318,7 +314,6 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
 
     # Nothing much darker than the skin around the eye (lashes, brows, a glasses frame)
     # lends the lid its colour.
-    luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
     reach = max(3, round(0.3 * eye_w)) | 1
     lid8 = lid.astype(np.uint8)
     near = cv2.dilate(lid8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))) > 0
@@ -326,7 +321,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     around = luma[near & ~rim]
     dark = luma < 0.7 * (np.median(around) if len(around) else luma.mean())
     below = np.zeros(shape, np.uint8)  # the lower lids and the cheek under them
-    for _, lower in _LID_PAIRS:
+    for _, lower in lm.LID_IDS.values():
         poly = np.vstack([src[lower], src[lower][::-1] + 0.6 * eye_w * down])
         cv2.fillPoly(below, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
     skin = push_pull_fill(patch, (~dark).astype(np.float32))
@@ -363,7 +358,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     # The upper lid closes over the lower one's rim (waterline, lower lashes): along the
     # lower lid's edge the texture shows the skin below instead.
     strip = np.zeros(shape, np.float32)
-    for _, lower in _LID_PAIRS:
+    for _, lower in lm.LID_IDS.values():
         poly = np.vstack([src[lower] - 0.02 * eye_w * down, src[lower][::-1] + 0.1 * eye_w * down])
         cv2.fillPoly(strip, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
     under = (below > 0) & ~dark & (strip == 0) & ~opening
@@ -738,11 +733,10 @@ class WarpEngine:
         there, and a driver's lids seldom quite do (nor, scaled to the portrait, the
         avatar's)."""
         landmarks = pose.landmarks.copy()
-        for (upper, lower), (side, ring) in zip(_LID_PAIRS, _EYE_RING_IDS.items()):
-            if side not in shut:
-                continue
-            pull = shut[side] ** 2
-            a, b = landmarks[ring[[0, 8]], :2]
+        for side, pull in shut.items():
+            upper, lower = lm.LID_IDS[side]
+            pull = pull ** 2
+            a, b = landmarks[lm.EYE_CORNER_IDS[side], :2]
             meet = _lid_arc(a, b, landmarks[lower, :2])
             landmarks[upper, :2] += pull * (meet - landmarks[upper, :2])
             landmarks[lower, :2] += pull * (meet - landmarks[lower, :2])
@@ -752,11 +746,8 @@ class WarpEngine:
     def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose, shut: dict[str, float]) -> None:
         """Blend in the lid texture over each closing eye, and the lash line along its lid's edge."""
         h, w = image.shape[:2]
-        for (upper, _), (side, ring) in zip(_LID_PAIRS, _EYE_RING_IDS.items()):
-            closed = shut.get(side, 0.0)
-            if closed <= 0.0:
-                continue
-            pts = self.framing.to_output(pose.xy[ring])
+        for side, closed in shut.items():
+            pts = self.framing.to_output(pose.xy[_EYE_RING_IDS[side]])
             size = float(np.ptp(pts[:, 0]))
             x0, y0 = np.floor(pts.min(axis=0) - 0.5 * size).astype(int)
             x1, y1 = np.ceil(pts.max(axis=0) + 0.5 * size).astype(int)
@@ -764,8 +755,9 @@ class WarpEngine:
             if x1 <= x0 or y1 <= y0:
                 continue
             lid = cv2.remap(self._lids, m[y0:y1, x0:x1], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            a, b = self.framing.to_output(pose.xy[ring[[0, 8]]]) - (x0, y0)
-            edge = _lid_arc(a, b, self.framing.to_output(pose.xy[upper]) - (x0, y0), np.linspace(0.0, 1.0, 16))
+            a, b = self.framing.to_output(pose.xy[lm.EYE_CORNER_IDS[side]]) - (x0, y0)
+            upper = self.framing.to_output(pose.xy[lm.LID_IDS[side][0]]) - (x0, y0)
+            edge = _lid_arc(a, b, upper, np.linspace(0.0, 1.0, 16))
             # The lash line: darkest and thickest mid-lid, thinner towards the corners.
             arc = np.round(edge * 16).astype(np.int32)
             thick = _LASH_WIDTH * size
@@ -788,7 +780,7 @@ class WarpEngine:
         strength = float(np.clip((gap - max(self._src_gap + 1.0, 1.4 * self._src_gap)) / (0.08 * self._mouth_width), 0.0, 1.0))
         if strength <= 0.0:
             return
-        ring = self.framing.to_output(pose.xy[_INNER_LIPS_IDS])
+        ring = self.framing.to_output(pose.xy[lm.INNER_LIPS_IDS])
         h, w = image.shape[:2]
         x0, y0 = np.floor(ring.min(axis=0)).astype(int) - 2
         x1, y1 = np.ceil(ring.max(axis=0)).astype(int) + 3
