@@ -158,14 +158,20 @@ def signal_live_run(script: Path, ready: str, sig: int, settle_s: float, *, grou
     return proc.returncode, line + stdout, stderr
 
 
-@pytest.fixture(scope="module")
-def grace_rig(grace_avatar, astronaut_avatar):
-    """Grace Hopper's portrait with a retargeter whose neutral is the astronaut's face, and
-    its warp engine: tests move the astronaut's landmarks and measure the rendered Grace."""
+def warp_rig(avatar, driver: np.ndarray):
+    """``avatar`` with a retargeter whose neutral is ``driver`` (copied), and its warp
+    engine: ``(driver, retarget, engine)``."""
     from avatarcam.engines import WarpEngine
     from avatarcam.retarget import Retargeter
 
-    driver = astronaut_avatar.landmarks.copy()
-    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    driver = driver.copy()
+    retarget = Retargeter(avatar.landmarks, avatar.proportions)
     retarget.set_neutral(driver)
-    return driver, retarget, WarpEngine(grace_avatar)
+    return driver, retarget, WarpEngine(avatar)
+
+
+@pytest.fixture(scope="module")
+def grace_rig(grace_avatar, astronaut_avatar):
+    """Grace Hopper's portrait driven from the astronaut's face: tests move the astronaut's
+    landmarks and measure the rendered Grace."""
+    return warp_rig(grace_avatar, astronaut_avatar.landmarks)

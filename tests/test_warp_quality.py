@@ -6,7 +6,7 @@ re-detected landmarks, or colours of named regions), never from the engine's own
 import cv2
 import numpy as np
 import pytest
-from conftest import detect, prepare
+from conftest import detect, prepare, warp_rig
 from test_render import close_eyes, open_mouth, turn
 
 from avatarcam import landmarks as lm
@@ -185,10 +185,7 @@ def test_shut_lids_are_skin_above_one_thin_lash_line(portrait, grace_rig, astron
         driver, retarget, engine = grace_rig
     else:
         avatar, _ = prepare([request.getfixturevalue("shared_data") / "portraits" / "mona_lisa__avatarify_mona.jpg"])
-        driver = astronaut_avatar.landmarks.copy()
-        retarget = Retargeter(avatar.landmarks, avatar.proportions)
-        retarget.set_neutral(driver)
-        engine = WarpEngine(avatar)
+        driver, retarget, engine = warp_rig(avatar, astronaut_avatar.landmarks)
     target = retarget.target(close_eyes(driver))
     out = engine.render(retarget.pose(target))
     width = lm.eye_width(target, "right")
