@@ -4,8 +4,9 @@ The driver's landmarks are split into a rigid head motion (similarity fitted on 
 that expressions barely move) and a residual expression. The expression is measured in
 the driver's own neutral frame, rotated into the avatar's frame and rescaled part by part
 to the avatar's proportions (eyes by eye size, mouth by mouth width, the rest by face
-size), so a wide-faced driver moves a narrow-faced portrait without widening it. The head
-motion is then applied to the avatar's own 3D landmarks.
+size), so a wide-faced driver moves a narrow-faced portrait without widening it. Lids and
+lips may close but never cross, and no upright mesh edge around the mouth folds over. The
+head motion is then applied to the avatar's own 3D landmarks.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ _SHUT_EYES, _NEUTRAL_WAIT_S = 0.07, 0.5
 # _NEUTRAL_WAIT_S whose eyes are _EYES_OPENED times as open.
 _NARROW_EYES, _EYES_OPENED = 0.15, 1.3
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
+# No upright mesh edge around the mouth may shrink below this share of its height in the
+# photo (lips and the skin around them move by differently scaled amounts and would fold).
+_MIN_STRETCH = 0.25
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Retargeter:
         self._axes = lm.head_axes(self.avatar)  # columns: the avatar face's right/down/forward
         # The portrait's own lip gap (a photo may show parted lips or teeth).
         self._photo_gap = max(0.0, float((self.avatar[lm.LOWER_LIP_MID] - self.avatar[lm.UPPER_LIP_MID]) @ self._axes[:, 1]))
+        self._upright_edges, self._edge_floor, self._drop_lower = self._lower_face_edges()
         self.neutral: np.ndarray | None = None
         self._align: Similarity | None = None
         self._local_scale: np.ndarray | None = None
@@ -184,6 +189,7 @@ class Retargeter:
             shaped[_LOWER_LIP] -= closing * self._photo_gap * self._axes[:, 1]
         shaped = self._keep_lids_apart(shaped)
         shaped = self._keep_lips_apart(shaped)
+        shaped = self._unfold_lower_face(shaped)
 
         # The head turns about the avatar's own axes, not the camera's: the driver's motion
         # is carried into the avatar's head frame like its expression is. Applied in camera
@@ -237,6 +243,47 @@ class Retargeter:
             u, lo = upper[crossed], lower[crossed]
             mid = 0.5 * (points[u] + points[lo])
             points[u], points[lo] = mid, mid
+        return points
+
+    def _lower_face_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mesh edges from the nose tip down that run mostly up and down in the photo,
+        each as (upper, lower) point; the least each may measure along the face's down
+        axis; and which end gives way: the lower below the mouth, the upper above it.
+        Edges across the mouth opening are left out: lips may close."""
+        down = self.avatar @ self._axes[:, 1]
+        right = self.avatar @ self._axes[:, 0]
+        pairs = np.concatenate([lm.face_triangles()[:, [i, j]] for i, j in ((0, 1), (1, 2), (0, 2))])
+        edges = np.unique(np.sort(pairs, axis=1), axis=0)
+        upper = np.where(down[edges[:, 0]] <= down[edges[:, 1]], edges[:, 0], edges[:, 1])
+        lower = edges.sum(axis=1) - upper
+        length = down[lower] - down[upper]
+        across = np.isin(upper, lm.INNER_LIPS_IDS) & np.isin(lower, lm.INNER_LIPS_IDS)
+        upright = np.abs(right[lower] - right[upper]) < 0.6 * length
+        keep = (down[upper] >= down[lm.NOSE_TIP]) & ~across & (length > 0) & upright
+        upper, lower, length = upper[keep], lower[keep], length[keep]
+        mouth = 0.5 * (down[lm.UPPER_LIP_MID] + down[lm.LOWER_LIP_MID])
+        return np.stack([upper, lower], axis=1), _MIN_STRETCH * length, down[lower] > mouth
+
+    def _unfold_lower_face(self, points: np.ndarray, rounds: int = 12) -> np.ndarray:
+        """Lips and the skin around them scale differently (and a driver's own landmarks fold
+        at extreme mouth shapes), so a wide-open lip may pass the skin below it and fold the
+        mesh. Every upright lower-face edge squeezed below its floor is stretched back to it
+        along the face's down axis by moving the end away from the mouth: below it the chin
+        drops a little further, above it the upper lip rises; the lips keep their shape."""
+        down_axis = self._axes[:, 1]
+        upper, lower = self._upright_edges[:, 0], self._upright_edges[:, 1]
+        for _ in range(rounds):
+            down = points @ down_axis
+            short = self._edge_floor - (down[lower] - down[upper])
+            bad = short > 1e-6
+            if not bad.any():
+                break
+            push = np.zeros(len(points))
+            drop = bad & self._drop_lower
+            np.maximum.at(push, lower[drop], short[drop])
+            lift = bad & ~self._drop_lower
+            np.minimum.at(push, upper[lift], -short[lift])
+            points += np.outer(push, down_axis)
         return points
 
     def update(self, face: TrackedFace | None, now: float, image: np.ndarray | None = None) -> AvatarPose:

@@ -1,6 +1,8 @@
 """Retargeting and smoothing details that decide how faithfully the avatar follows:
-landmark arrays of real faces (the astronaut driving Grace Hopper's portrait), no rendering."""
+landmark arrays of real faces (the astronaut driving Grace Hopper's portrait; shared clips
+where marked), no rendering."""
 import numpy as np
+import pytest
 
 from avatarcam import landmarks as lm
 from avatarcam.retarget import Retargeter
@@ -140,3 +142,48 @@ def test_a_nod_nods_a_three_quarter_portrait_without_tilting_it(astronaut_avatar
     y, p, r = lm.head_angles(retarget.target(turn(driver, pitch=10)))
     assert abs(p - p0 - 10) < 1.5
     assert abs(r - r0) < 2.0 and abs(y - y0) < 2.0
+
+
+
+# From the inner lower lip down the middle of the lip and chin to the chin's tip.
+_CHIN_LINE = [lm.LOWER_LIP_MID, 15, 16, 17, 18, 200, 199, 175, lm.CHIN]
+
+
+def _chin_line_steps(points, down):
+    """Each step down the chin line along ``down`` (< 0: the mesh folded over itself)."""
+    return np.diff(points[_CHIN_LINE] @ down)
+
+
+def test_a_lip_dropped_past_the_skin_below_it_does_not_fold_the_chin(grace_avatar, astronaut_avatar):
+    """MediaPipe's own landmarks fold at extreme mouth shapes (a tongue stuck out drops the
+    lower lip below the points under it); the avatar's lip pushes that skin down instead."""
+    driver = astronaut_avatar.landmarks
+    dropped = _part_lips(driver, 0.6)  # the lip and the chin's tip drop, the skin between stays
+    assert (_chin_line_steps(dropped, lm.head_axes(driver)[:, 1]) < 0).any()
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.set_neutral(driver)
+    target = retarget.target(dropped)
+    down = lm.head_axes(grace_avatar.landmarks)[:, 1]  # no head motion: the photo's axes
+    steps, photo = _chin_line_steps(target, down), _chin_line_steps(grace_avatar.landmarks, down)
+    assert (steps > 0.2 * photo).all()
+    # The lip keeps its thickness (14 -> 17) and the mouth opens wide.
+    assert steps[:3].sum() > 0.8 * photo[:3].sum()
+    assert lm.mouth_opening(target) > lm.mouth_opening(grace_avatar.landmarks) + 0.4
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("portrait", ["einstein_bw_photo__avatarify_einstein.jpg", "obama_official__avatarify_obama.jpg"])
+def test_real_funny_faces_never_fold_the_chin(shared_data, portrait):
+    """A woman pulling faces (mouth wide open, tongue out) drives two portraits whose lower
+    faces are proportioned unlike hers: their chin lines stay in order in every frame."""
+    from conftest import prepare
+    from test_warp_quality import _driver_frames
+
+    faces = [p for _, p in _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 150)]
+    avatar, _ = prepare([shared_data / "portraits" / portrait])
+    retarget = Retargeter(avatar.landmarks, avatar.proportions)
+    retarget.set_neutral(faces[0])
+    assert max(lm.mouth_opening(p) for p in faces) > 0.6  # the clip opens wide
+    for p in faces:
+        target = retarget.target(p)
+        assert (_chin_line_steps(target, lm.head_axes(target)[:, 1]) > 0).all()
