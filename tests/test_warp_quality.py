@@ -246,6 +246,25 @@ def test_open_mouth_shows_teeth_only_when_the_driver_does(grace_rig):
     assert _patch(teeth, above_lower_lip).mean() < 0.7 * t.mean()
 
 
+def test_teeth_show_as_an_arch_not_a_band_round_the_mouth(grace_rig):
+    """The side teeth turn away into the cheeks: near the mouth corners the upper row shows
+    about a fifth as tall as the front teeth (an even band all round reads as dentures)."""
+    driver, retarget, engine = grace_rig
+    target = retarget.target(open_mouth(driver, 0.5))
+    dark = engine.render(retarget.pose(target)).astype(float).mean(axis=2)
+    image = engine.render(retarget.pose(target, teeth=(1.0, 0.0)))
+    found = detect(image)
+    assert found is not None
+    shown = (image.astype(float).mean(axis=2) - dark) > 25  # the teeth's pixels
+    (left, _), (right, _) = found[[lm.INNER_LIP_UPPER[0], lm.INNER_LIP_UPPER[-1]], :2]
+    middle, half = 0.5 * (left + right), 0.5 * (right - left)
+    columns = shown[:, int(left):int(right) + 1].sum(axis=0)
+    u = (np.arange(int(left), int(right) + 1) - middle) / half
+    front, sides = columns[np.abs(u) < 0.15].mean(), columns[(np.abs(u) > 0.75) & (np.abs(u) < 0.9)].mean()
+    assert front >= 6
+    assert sides < 0.35 * front  # 0.5 when the band was even all round
+
+
 @pytest.mark.shared
 def test_teeth_are_detected_in_real_frames(shared_data):
     """A real grin shows upper teeth; a closed mouth shows none."""

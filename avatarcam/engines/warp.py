@@ -827,6 +827,11 @@ class WarpEngine:
 
         y_top, y_bottom = lip_edge(top), lip_edge(bottom)
         gap = np.maximum(y_bottom - y_top, 0.0)
+        mid = 0.5 * (top[0] + top[-1])
+        u = (xs - mid[0]) / (0.5 * width)  # -1..1 from one mouth corner to the other
+        # Seen from the front the rows are an arch: the side teeth turn away into the cheeks
+        # and show shorter, none at the corners (an even band all round reads as dentures).
+        arch = np.sqrt(np.clip(1.0 - (np.abs(u) / 0.92) ** 3, 0.0, 1.0))
         teeth = np.zeros(fill.shape[:2], np.float32)
         tone = np.ones(fill.shape[:2], np.float32)
         # Each row reaches from its lip into the mouth, but never across it: however wide the
@@ -834,7 +839,7 @@ class WarpEngine:
         for y_edge, amount, reach, share, sign in ((y_top, upper, 0.17, 0.55, 1.0), (y_bottom, lower, 0.11, 0.35, -1.0)):
             if amount <= 0.05:
                 continue
-            length = np.minimum(reach * min(1.0, amount) * width, share * gap)
+            length = np.minimum(reach * min(1.0, amount) * width * arch, share * gap)
             depth = sign * (ys - y_edge)  # pixels into the mouth from this lip
             row = np.clip(depth + 0.5, 0.0, 1.0) * np.clip(length - depth + 0.5, 0.0, 1.0)
             v = np.clip(depth / np.maximum(length, 1e-3), 0.0, 1.0)
@@ -844,8 +849,6 @@ class WarpEngine:
             teeth = np.maximum(teeth, row)
         # Shading: darker towards the mouth corners, where the teeth curve away into the
         # cavity, with faint gaps between teeth (incisors widest); softened a little.
-        mid = 0.5 * (top[0] + top[-1])
-        u = (xs[None, :] - mid[0]) / (0.5 * width)
         light = 0.35 + 0.65 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
         # Tooth edges at |u| = 0.16, 0.3, 0.42, 0.52 ... (each tooth narrower in view).
         phase = np.sqrt(np.abs(u)) * 7.0
