@@ -265,6 +265,40 @@ def test_teeth_show_as_an_arch_not_a_band_round_the_mouth(grace_rig):
     assert sides < 0.35 * front  # 0.5 when the band was even all round
 
 
+def _distance_to_polyline(points, line):
+    """Distance of each point (N, 2) to the polyline ``line`` (M, 2)."""
+    a, b = line[:-1][None], line[1:][None]
+    p = points[:, None].astype(float)
+    t = np.clip(((p - a) * (b - a)).sum(axis=2) / np.maximum(((b - a) ** 2).sum(axis=2), 1e-9), 0.0, 1.0)
+    return np.linalg.norm(p - (a + t[..., None] * (b - a)), axis=2).min(axis=1)
+
+
+@pytest.mark.shared
+def test_teeth_of_a_mouth_seen_three_quarters_stay_along_its_lips(shared_data):
+    """Vermeer's girl, turned three-quarters, opens her mouth wide (a woman pulling faces):
+    seen from the side the opening is tall, and both teeth rows still run along the inner
+    lips, none across the middle of the mouth."""
+    faces = _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 150)
+    widest = max(faces, key=lambda f: lm.mouth_opening(f[1]))[1]
+    avatar, _ = prepare([shared_data / "portraits" / "vermeer_girl_pearl_earring__liveportrait_s10.jpg"])
+    retarget = Retargeter(avatar.landmarks, avatar.proportions)
+    retarget.set_neutral(faces[0][1])
+    engine = WarpEngine(avatar)
+    target = retarget.target(widest)
+    dark = engine.render(retarget.pose(target))
+    assert detect(dark) is not None
+    dark = dark.astype(float).mean(axis=2)
+    corners = target[[lm.INNER_LIP_UPPER[0], lm.INNER_LIP_UPPER[-1]], :2]
+    width = float(np.linalg.norm(corners[1] - corners[0]))
+    for teeth, lip, reach in (((1.0, 0.0), lm.INNER_LIP_UPPER, 0.17), ((0.0, 1.0), lm.INNER_LIP_LOWER, 0.11)):
+        image = engine.render(retarget.pose(target, teeth=teeth)).astype(float).mean(axis=2)
+        ys, xs = np.nonzero(image - dark > 25)  # this row's pixels
+        assert len(xs) > 0.01 * width ** 2
+        edge = np.vstack([corners[:1], target[list(lip), :2], corners[1:]])
+        far = _distance_to_polyline(np.stack([xs, ys], axis=1), edge)
+        assert far.max() < reach * width + 3.0  # never further from its lip than a tooth is long
+
+
 @pytest.mark.shared
 def test_teeth_are_detected_in_real_frames(shared_data):
     """A real grin shows upper teeth; a closed mouth shows none."""

@@ -818,29 +818,35 @@ class WarpEngine:
         n_up = len(lm.INNER_LIP_UPPER)
         top, bottom = ring[:n_up], ring[n_up:][::-1]  # both from one mouth corner to the other
         width = max(float(np.linalg.norm(top[-1] - top[0])), 1.0)
-        xs = np.arange(fill.shape[1], dtype=np.float32)
-        ys = np.arange(fill.shape[0], dtype=np.float32)[:, None]
+        # Pixels in the mouth's own frame: along the line between its corners, and across
+        # it into the mouth; in image rows and columns, a mouth seen three-quarters or a
+        # tilted head would have lip edges that are no function of x.
+        along = ((top[-1] - top[0]) / width).astype(np.float32)
+        across = np.array([-along[1], along[0]], np.float32)
+        mid = 0.5 * (top[0] + top[-1])
+        ys, xs = np.mgrid[0:fill.shape[0], 0:fill.shape[1]].astype(np.float32)
+        xs -= np.float32(mid[0])
+        ys -= np.float32(mid[1])
+        s_px, t_px = xs * along[0] + ys * along[1], xs * across[0] + ys * across[1]
 
         def lip_edge(edge: np.ndarray) -> np.ndarray:
-            order = np.argsort(edge[:, 0], kind="stable")
-            return np.interp(xs, edge[order, 0], edge[order, 1]).astype(np.float32)
+            es, et = (edge - mid) @ along, (edge - mid) @ across
+            order = np.argsort(es, kind="stable")
+            return np.interp(s_px, es[order], et[order]).astype(np.float32)
 
-        y_top, y_bottom = lip_edge(top), lip_edge(bottom)
-        gap = np.maximum(y_bottom - y_top, 0.0)
-        mid = 0.5 * (top[0] + top[-1])
-        u = (xs - mid[0]) / (0.5 * width)  # -1..1 from one mouth corner to the other
-        # Seen from the front the rows are an arch: the side teeth turn away into the cheeks
-        # and show shorter, none at the corners (an even band all round reads as dentures).
+        t_top, t_bottom = lip_edge(top), lip_edge(bottom)
+        gap = np.maximum(t_bottom - t_top, 0.0)
+        u = s_px / (0.5 * width)  # -1..1 from one mouth corner to the other
         arch = np.sqrt(np.clip(1.0 - (np.abs(u) / 0.92) ** 3, 0.0, 1.0))
         teeth = np.zeros(fill.shape[:2], np.float32)
         tone = np.ones(fill.shape[:2], np.float32)
         # Each row reaches from its lip into the mouth, but never across it: however wide the
         # teeth show, a dark gap stays between the rows (a solid pale bar reads as a third lip).
-        for y_edge, amount, reach, share, sign in ((y_top, upper, 0.17, 0.55, 1.0), (y_bottom, lower, 0.11, 0.35, -1.0)):
+        for t_edge, amount, reach, share, sign in ((t_top, upper, 0.17, 0.55, 1.0), (t_bottom, lower, 0.11, 0.35, -1.0)):
             if amount <= 0.05:
                 continue
             length = np.minimum(reach * min(1.0, amount) * width * arch, share * gap)
-            depth = sign * (ys - y_edge)  # pixels into the mouth from this lip
+            depth = sign * (t_px - t_edge)  # pixels into the mouth from this lip
             row = np.clip(depth + 0.5, 0.0, 1.0) * np.clip(length - depth + 0.5, 0.0, 1.0)
             v = np.clip(depth / np.maximum(length, 1e-3), 0.0, 1.0)
             # In the lip's shadow just under it; the biting edge a little translucent.
