@@ -132,8 +132,12 @@ class Retargeter:
         self._scale_eyes()
         self._driver_down = lm.head_axes(driver)[:, 1]
         self._neutral_gap = self._lip_gap(driver)
-        self._closed_gap = self._neutral_gap
-        self._parted_neutral = self._neutral_gap > _PARTED * lm.mouth_width(driver)
+        # Until the driver is seen closing its mouth, a closed mouth is taken to be a gap of
+        # _PARTED: measured from parted lips, the avatar's mouth would stay shut while the
+        # driver's is open as wide as in its neutral.
+        closed = _PARTED * lm.mouth_width(driver)
+        self._closed_gap = min(self._neutral_gap, closed)
+        self._parted_neutral = self._neutral_gap > closed
         self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES
 
     def _scale_eyes(self) -> None:
@@ -173,7 +177,7 @@ class Retargeter:
         expression = undone - self.neutral
         # A neutral taken mid-sentence has parted lips; measured from it, closing the mouth
         # would push the avatar's lips through each other. The mouth is measured from the
-        # most closed it has been seen instead (the neutral's own gap until then).
+        # most closed it has been seen instead (from nearly shut lips until then).
         self._closed_gap = min(self._closed_gap, self._lip_gap(undone))
         expression[_LOWER_LIP] += (self._neutral_gap - self._closed_gap) * self._driver_down
         expression = self._align.scale * expression @ self._align.rotation.T
