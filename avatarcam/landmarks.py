@@ -148,10 +148,12 @@ def head_angles(points: np.ndarray) -> tuple[float, float, float]:
 def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     """How much upper and lower teeth show in a frame, each 0..1, from its pixels.
 
-    Teeth are the bright, unsaturated pixels between the inner lips (lips, tongue and the
-    dark cavity are all darker or redder); each half of the opening is scored by the
-    share of such pixels in it. Costs a few hundredths of a millisecond: only the mouth's
-    box is looked at."""
+    Teeth are the pixels between the inner lips that are brighter than the lips and either
+    nearly grey or clearly less red than the lips (lips, tongue and the dark cavity are
+    darker or redder). The second test, relative to the lips, finds teeth in warm or dim
+    light, where they are as saturated as the skin. Each half of the opening is scored by
+    the share of such pixels in it. Costs a few hundredths of a millisecond: only the
+    mouth's box is looked at."""
     import cv2
 
     gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
@@ -165,11 +167,17 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(mask, [np.round(ring - (x0, y0)).astype(np.int32)], 1)
-    hsv = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2HSV)
-    # Brightness relative to the lips around the opening, so lighting does not matter.
+    box = np.ascontiguousarray(image[y0:y1, x0:x1])
+    hsv = cv2.cvtColor(box, cv2.COLOR_RGB2HSV)
+    lab = cv2.cvtColor(box, cv2.COLOR_RGB2LAB)
+    # Brightness and redness relative to the lips around the opening, so lighting matters less.
     lips = points[_OUTER_LIPS, :2].round().astype(int).clip(0, [w - 1, h - 1])
-    lip_v = float(np.median(image[lips[:, 1], lips[:, 0]].max(axis=1)))  # HSV's V is the largest channel
-    teeth = (hsv[..., 2] > max(1.1 * lip_v, 60)) & (hsv[..., 1] < 110) & (mask > 0)
+    lip_rgb = np.ascontiguousarray(image[lips[:, 1], lips[:, 0]])
+    lip_v = float(np.median(lip_rgb.max(axis=1)))  # HSV's V is the largest channel
+    lip_l, lip_a = np.median(cv2.cvtColor(lip_rgb[None], cv2.COLOR_RGB2LAB)[0, :, :2].astype(np.float32), axis=0)
+    grey = (hsv[..., 2] > max(1.1 * lip_v, 60)) & (hsv[..., 1] < 110)
+    paler = (lab[..., 0] > max(1.08 * lip_l, 50)) & (lab[..., 1] < lip_a - 4)
+    teeth = (grey | paler) & (mask > 0)
     # Per row: pixels inside the opening and teeth among them; then each half's share.
     inside_rows, teeth_rows = mask.sum(axis=1), teeth.sum(axis=1)
     mid = 0.5 * (points[UPPER_LIP_MID, 1] + points[LOWER_LIP_MID, 1]) - y0

@@ -311,6 +311,19 @@ def test_teeth_are_detected_in_real_frames(shared_data):
     assert lm.teeth_showing(*closed) == (0.0, 0.0)
 
 
+@pytest.mark.shared
+def test_teeth_are_detected_in_warm_dim_light(shared_data):
+    """A woman grimaces with clenched teeth under warm indoor light: her teeth are dim and
+    as saturated as her skin (as bright as her lips in HSV's V), yet they count as teeth,
+    and her lips at rest, apart but showing no teeth, do not."""
+    faces = _driver_frames(shared_data / "driving" / "lp_d3_woman_expressions.mp4", 40)
+    grimace = [f for f in faces[10:21] if lm.mouth_opening(f[1]) > 0.19]
+    assert len(grimace) >= 8
+    assert all(max(lm.teeth_showing(*f)) > 0.1 for f in grimace)
+    at_rest = [f for f in faces[24:34] if lm.mouth_opening(f[1]) > 0.08]
+    assert at_rest and all(lm.teeth_showing(*f) == (0.0, 0.0) for f in at_rest)
+
+
 # -- head pose -----------------------------------------------------------------------------
 @pytest.mark.parametrize("axis, degrees", [("yaw", -30), ("yaw", 30), ("pitch", -20), ("pitch", 20)])
 def test_large_head_turns_follow_the_driver(grace_rig, axis, degrees):
