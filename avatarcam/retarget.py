@@ -45,6 +45,8 @@ _SHUT_EYES, _NEUTRAL_WAIT_S = 0.07, 0.5
 # _NEUTRAL_WAIT_S whose eyes are _EYES_OPENED times as open.
 _NARROW_EYES, _EYES_OPENED = 0.15, 1.3
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
+# Time constant (s) of the smoothing of how much teeth the driver shows.
+_TEETH_S = 0.06
 # No upright mesh edge around the mouth may shrink below this share of its height in the
 # photo (lips and the skin around them move by differently scaled amounts and would fold).
 _MIN_STRETCH = 0.25
@@ -315,7 +317,12 @@ class Retargeter:
                 self._current = goal
             self._lost_since = None
             if image is not None:
-                self._teeth = lm.teeth_showing(image, face.landmarks)
+                # Scored from one frame's pixels, the teeth jump by a tenth or more from frame
+                # to frame (and in and out around a threshold): smoothed a little, they do not
+                # flicker, and follow a syllable within two or three frames.
+                seen = lm.teeth_showing(image, face.landmarks)
+                k = 1.0 - math.exp(-dt / _TEETH_S) if dt > 0 else 1.0
+                self._teeth = (self._teeth[0] + k * (seen[0] - self._teeth[0]), self._teeth[1] + k * (seen[1] - self._teeth[1]))
         else:
             if self._lost_since is None:
                 self._lost_since = now

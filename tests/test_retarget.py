@@ -204,3 +204,34 @@ def test_real_funny_faces_never_fold_the_chin(shared_data, portrait):
     for p in faces:
         target = retarget.target(p)
         assert (_chin_line_steps(target, lm.head_axes(target)[:, 1]) > 0).all()
+
+
+def test_teeth_follow_the_driver_without_flickering(grace_avatar, astronaut_avatar):
+    """How much teeth show is scored from each frame's pixels, which jump from frame to
+    frame: one frame's flash of teeth shows less than half, teeth that stay are shown in
+    full within a few frames, and go again as quickly."""
+    from skimage import data
+
+    from avatarcam.tracking import TrackedFace
+
+    smile = data.astronaut()  # she smiles, showing her upper teeth
+    driver = astronaut_avatar.landmarks
+    full = lm.teeth_showing(smile, driver)[0]
+    assert full > 0.4
+    hidden = np.zeros_like(smile)  # the same face with no teeth to be seen
+
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    t = 0.0
+
+    def show(image):
+        nonlocal t
+        t += 1 / 30
+        return retarget.update(TrackedFace(driver, driver, t), t, image).teeth[0]
+
+    for _ in range(3):
+        show(hidden)
+    assert show(smile) < 0.5 * full  # a single frame
+    assert show(hidden) < 0.3 * full
+    shown = [show(smile) for _ in range(5)]
+    assert shown[-1] > 0.9 * full and all(np.diff(shown) > 0)
+    assert [show(hidden) for _ in range(5)][-1] < 0.1 * full
