@@ -170,6 +170,17 @@ def warp_rig(avatar, driver: np.ndarray):
     return driver, retarget, WarpEngine(avatar)
 
 
+def shut_lips(points: np.ndarray) -> np.ndarray:
+    """``points`` with the lower lip and chin raised until the inner lips meet (the
+    astronaut smiles with parted lips)."""
+    from avatarcam import landmarks as lm
+
+    p = points.copy()
+    gap = p[lm.LOWER_LIP_MID, 1] - p[lm.UPPER_LIP_MID, 1]
+    p[list(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER + (17, lm.CHIN)), 1] -= gap
+    return p
+
+
 @pytest.fixture(scope="module")
 def grace_rig(grace_avatar, astronaut_avatar):
     """Grace Hopper's portrait driven from the astronaut's face: tests move the astronaut's

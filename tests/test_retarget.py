@@ -3,6 +3,7 @@ landmark arrays of real faces (the astronaut driving Grace Hopper's portrait; sh
 where marked), no rendering."""
 import numpy as np
 import pytest
+from conftest import shut_lips
 
 from avatarcam import landmarks as lm
 from avatarcam.retarget import Retargeter
@@ -22,15 +23,8 @@ def _lip_gaps(points, down):
     return (points[lower] - points[upper]) @ down
 
 
-def _shut_lips(points):
-    """The lower lip and chin raised until the inner lips meet (the astronaut smiles with
-    parted lips)."""
-    gap = np.linalg.norm(points[lm.LOWER_LIP_MID, :2] - points[lm.UPPER_LIP_MID, :2])
-    return _part_lips(points, -gap / lm.mouth_width(points))
-
-
 def test_neutral_taken_mid_word_closes_the_mouth_without_crossing_the_lips(grace_avatar, astronaut_avatar):
-    closed = _shut_lips(astronaut_avatar.landmarks)
+    closed = shut_lips(astronaut_avatar.landmarks)
     retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
     retarget.set_neutral(_part_lips(closed, 0.2))  # the first frame caught the driver talking
     shut = retarget.target(closed)
@@ -47,7 +41,7 @@ def test_neutral_taken_mid_word_shows_the_mouth_open_at_once(grace_avatar, astro
     """Before the driver has been seen closing its mouth, parted lips in its neutral part
     the avatar's too (measured from them, the avatar kept its mouth shut while the driver
     talked, until the driver first closed its lips)."""
-    closed = _shut_lips(astronaut_avatar.landmarks)
+    closed = shut_lips(astronaut_avatar.landmarks)
     talking = _part_lips(closed, 0.2)
     retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
     retarget.set_neutral(talking)
@@ -59,7 +53,7 @@ def test_portrait_with_parted_lips_closes_and_opens_as_the_driver_does(astronaut
     """A portrait caught mid-word, driven by the same face (self-reenactment): the driver
     closing its mouth closes the portrait's, and parting its lips again parts the
     portrait's as far as the driver's, not its own gap plus the driver's."""
-    closed = _shut_lips(astronaut_avatar.landmarks)
+    closed = shut_lips(astronaut_avatar.landmarks)
     parted = _part_lips(closed, 0.15)
     retarget = Retargeter(parted, astronaut_avatar.proportions)
     retarget.set_neutral(parted)
