@@ -3,7 +3,7 @@ landmark arrays of real faces (the astronaut driving Grace Hopper's portrait; sh
 where marked), no rendering."""
 import numpy as np
 import pytest
-from conftest import shut_lips
+from conftest import prepare, shut_lips
 
 from avatarcam import landmarks as lm
 from avatarcam.retarget import Retargeter
@@ -155,7 +155,6 @@ def test_a_nod_nods_a_three_quarter_portrait_without_tilting_it(astronaut_avatar
     assert abs(r - r0) < 2.0 and abs(y - y0) < 2.0
 
 
-
 # From the inner lower lip down the middle of the lip and chin to the chin's tip.
 _CHIN_LINE = [lm.LOWER_LIP_MID, 15, 16, 17, 18, 200, 199, 175, lm.CHIN]
 
@@ -187,7 +186,6 @@ def test_a_lip_dropped_past_the_skin_below_it_does_not_fold_the_chin(grace_avata
 def test_real_funny_faces_never_fold_the_chin(shared_data, portrait):
     """A woman pulling faces (mouth wide open, tongue out) drives two portraits whose lower
     faces are proportioned unlike hers: their chin lines stay in order in every frame."""
-    from conftest import prepare
     from test_warp_quality import _driver_frames
 
     faces = [p for _, p in _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 150)]

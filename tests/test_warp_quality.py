@@ -313,9 +313,9 @@ def test_teeth_are_detected_in_real_frames(shared_data):
 
 @pytest.mark.shared
 def test_teeth_are_detected_in_warm_dim_light(shared_data):
-    """A woman grimaces with clenched teeth under warm indoor light: her teeth are dim and
-    as saturated as her skin (as bright as her lips in HSV's V), yet they count as teeth,
-    and her lips at rest, apart but showing no teeth, do not."""
+    """A woman grimaces with clenched teeth under warm indoor light: her teeth are dim (in
+    HSV hardly brighter than her lips) and as saturated as her skin, yet they count as
+    teeth, and her lips at rest, apart but showing no teeth, do not."""
     faces = _driver_frames(shared_data / "driving" / "lp_d3_woman_expressions.mp4", 40)
     grimace = [f for f in faces[10:21] if lm.mouth_opening(f[1]) > 0.19]
     assert len(grimace) >= 8
