@@ -53,6 +53,15 @@ STABLE = (10, 338, 297, 332, 109, 67, 103, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1,
 
 
 @lru_cache(maxsize=1)
+def face_edges() -> np.ndarray:
+    """The 1322 edges of MediaPipe's canonical face mesh (its tessellation), as
+    ``(1322, 2)`` int32, each with its lower index first, in order."""
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+
+    return np.array(sorted({tuple(sorted(e)) for e in FACEMESH_TESSELATION}), dtype=np.int32)
+
+
+@lru_cache(maxsize=1)
 def face_triangles() -> np.ndarray:
     """The 852 triangles of MediaPipe's canonical face mesh, as ``(852, 3)`` int32.
 
@@ -60,9 +69,7 @@ def face_triangles() -> np.ndarray:
     less the two 3-cycles that are not faces (recognisable because each of their edges
     would then border three triangles, impossible on a surface).
     """
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
-
-    edges = {tuple(sorted(e)) for e in FACEMESH_TESSELATION}
+    edges = [tuple(e) for e in face_edges().tolist()]
     neighbours: dict[int, set[int]] = {}
     for a, b in edges:
         neighbours.setdefault(a, set()).add(b)

@@ -258,8 +258,7 @@ class Retargeter:
         Edges across the mouth opening are left out: lips may close."""
         down = self.avatar @ self._axes[:, 1]
         right = self.avatar @ self._axes[:, 0]
-        pairs = np.concatenate([lm.face_triangles()[:, [i, j]] for i, j in ((0, 1), (1, 2), (0, 2))])
-        edges = np.unique(np.sort(pairs, axis=1), axis=0)
+        edges = lm.face_edges()
         upper = np.where(down[edges[:, 0]] <= down[edges[:, 1]], edges[:, 0], edges[:, 1])
         lower = edges.sum(axis=1) - upper
         length = down[lower] - down[upper]
