@@ -145,6 +145,42 @@ def test_real_blink_closes_the_lids_and_reopens(shared_data, blinking_driver, po
     assert lm.eye_opening(again) > 0.85 * lm.eye_opening(base)
 
 
+def _lash_line_colour(image, points):
+    """The colour of a shut eye's lash line: the darkest pixel across the lids' meeting
+    line at each upper lid point off the corners, median over both eyes."""
+    down = lm.head_axes(points)[:2, 1]
+    down = down / np.linalg.norm(down)
+    darkest = []
+    for side, (upper, _) in lm.LID_IDS.items():
+        across = np.linspace(-0.06, 0.06, 13)[:, None] * lm.eye_width(points, side) * down
+        for i in upper[2:-2]:
+            q = (points[i, :2] + across).astype(np.float32)
+            seen = cv2.remap(image, q[:, :1], q[:, 1:], cv2.INTER_LINEAR)[:, 0].astype(float)
+            darkest.append(seen[np.argmin(seen.sum(axis=1))])
+    return np.median(darkest, axis=0)
+
+
+@pytest.mark.shared
+def test_shut_eyes_lash_line_has_the_persons_lash_colour(shared_data, tmp_path):
+    """The avatar of a woman in warm light and dark make-up, made from a clip's first frame,
+    shuts its eyes as she does later in the clip: its lash line has the colour of her
+    real one (taken from her open eye's lash line; taken from the darkest pixels round
+    the eye, iris and pupil among them, it was 30 levels off)."""
+    faces = _driver_frames(shared_data / "driving" / "lp_d3_woman_expressions.mp4", 70)
+    openings = [lm.eye_opening(p) for _, p in faces]
+    closed = int(np.argmin(openings))
+    assert openings[closed] < 0.2 * openings[0]  # she really shuts her eyes
+    photo = tmp_path / "first_frame.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
+    avatar, _ = prepare([photo])
+    retarget = Retargeter(avatar.landmarks, avatar.proportions)
+    retarget.set_neutral(faces[0][1])
+    target = retarget.target(faces[closed][1])
+    out = WarpEngine(avatar).render(retarget.pose(target))
+    real = _lash_line_colour(faces[closed][0], faces[closed][1])
+    assert np.abs(_lash_line_colour(out, target) - real).sum() < 15
+
+
 def test_closed_lids_are_skin_not_eye(grace_rig, grace_avatar):
     """Over a shut eye the avatar shows lid skin: no dark iris or white sclera is left."""
     driver, retarget, engine = grace_rig

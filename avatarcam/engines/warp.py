@@ -36,7 +36,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, person_mask, push_pull_fill
 
-VERSION = "warp-4"
+VERSION = "warp-5"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -55,8 +55,9 @@ _RING_WEIGHTS = (1.0, 0.85)
 # The lid texture fully replaces the eye once the lid gap falls to this share of the
 # photo's, and starts to show below _LID_START.
 _LID_START, _LID_FULL = 0.6, 0.3
-# A shut eye's lash line: width (share of the eye's width) and opacity mid-lid.
-_LASH_WIDTH, _LASH_INK = 0.045, 0.9
+# A shut eye's lash line: width (share of the eye's width) and opacity mid-lid, and the
+# opacity of the soft shadow the lashes cast below it.
+_LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
 _IRIS_REACH = 1.15
 # Triangles whose box holds more grid samples than this are filled one by one.
@@ -342,8 +343,16 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     # A shut lid darkens towards its edge (the lashes' shadow); the lash line itself is
     # drawn per frame along the lid's edge, sharper than this texture could hold it.
     closed *= 1.0 - 0.2 * (np.clip((t - 0.7) / 0.3, 0.0, 1.0) * lid)[..., None]
-    lash_px = patch[dark & near]
-    lash = np.median(lash_px, axis=0) if len(lash_px) > 5 else 0.4 * np.median(skin.reshape(-1, 3), axis=0)
+    # The lash line's colour: the photo's own upper lash line, darkest just at and above
+    # each upper lid point (iris, pupil, brows and a glasses frame are darker or bluer
+    # than the lashes of a shut eye seen from above).
+    lash_px = []
+    for upper, _ in lm.LID_IDS.values():
+        probes = src[upper[2:-2]][:, None] - (np.linspace(-0.02, 0.06, 9) * eye_w)[None, :, None] * down
+        seen = cv2.remap(patch, probes[..., 0].astype(np.float32), probes[..., 1].astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        lash_px.append(seen[np.arange(len(seen)), np.argmin(seen.sum(axis=2), axis=1)])
+    lash = np.median(np.vstack(lash_px), axis=0)
 
     # Squeezed back: each photo pixel of the lid band shows the shut picture where the
     # shut warp takes it. The opening, which the warp closes to a line, shows the lid's
@@ -746,6 +755,8 @@ class WarpEngine:
     def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose, shut: dict[str, float]) -> None:
         """Blend in the lid texture over each closing eye, and the lash line along its lid's edge."""
         h, w = image.shape[:2]
+        down = lm.head_axes(pose.landmarks)[:2, 1]
+        down = down / max(float(np.linalg.norm(down)), 1e-6)
         for side, closed in shut.items():
             pts = self.framing.to_output(pose.xy[_EYE_RING_IDS[side]])
             size = float(np.ptp(pts[:, 0]))
@@ -758,13 +769,7 @@ class WarpEngine:
             a, b = self.framing.to_output(pose.xy[lm.EYE_CORNER_IDS[side]]) - (x0, y0)
             upper = self.framing.to_output(pose.xy[lm.LID_IDS[side][0]]) - (x0, y0)
             edge = _lid_arc(a, b, upper, np.linspace(0.0, 1.0, 16))
-            # The lash line: darkest and thickest mid-lid, thinner towards the corners.
-            arc = np.round(edge * 16).astype(np.int32)
-            thick = _LASH_WIDTH * size
-            line = np.zeros((y1 - y0, x1 - x0), np.uint8)
-            cv2.polylines(line, [arc], False, 255, max(1, round(0.5 * thick)), cv2.LINE_AA, shift=4)
-            cv2.polylines(line, [arc[3:-3]], False, 255, max(1, round(thick)), cv2.LINE_AA, shift=4)
-            ink = cv2.multiply(cv2.merge([line, line, line]), (_LASH_INK,) * 3, dtype=cv2.CV_8U)
+            ink = self._lash_ink(edge, (y1 - y0, x1 - x0), size, down)
             lash = np.empty_like(lid)
             lash[:] = self._lash_color
             lid = cv2.add(cv2.multiply(lash, ink, scale=1.0 / 255.0), cv2.multiply(lid, cv2.bitwise_not(ink), scale=1.0 / 255.0))
@@ -772,6 +777,26 @@ class WarpEngine:
                 image[y0:y1, x0:x1] = lid
             else:
                 cv2.addWeighted(lid, closed, image[y0:y1, x0:x1], 1.0 - closed, 0.0, dst=image[y0:y1, x0:x1])
+
+    @staticmethod
+    def _lash_ink(edge: np.ndarray, shape: tuple[int, int], size: float, down: np.ndarray) -> np.ndarray:
+        """How much lash colour covers each pixel of a shut eye's patch (uint8, 3 channels):
+        a dark core along the lid's edge, thickest mid-lid, fading into a soft shadow on
+        the lashes' side (``down``, a unit vector). Lashes point down and apart; drawn as a
+        hard line of even ink they read as eyeliner."""
+        thick = _LASH_WIDTH * size
+        # Drawn in uint8: OpenCV anti-aliases lines only there.
+        core = np.zeros(shape, np.uint8)
+        arc = np.round(edge * 16).astype(np.int32)
+        cv2.polylines(core, [arc], False, 255, max(1, round(0.5 * thick)), cv2.LINE_AA, shift=4)
+        cv2.polylines(core, [arc[3:-3]], False, 255, max(1, round(thick)), cv2.LINE_AA, shift=4)
+        hang = np.round((edge + 0.5 * thick * down) * 16).astype(np.int32)
+        shadow = np.zeros(shape, np.uint8)
+        cv2.polylines(shadow, [hang[2:-2]], False, 255, max(1, round(thick)), cv2.LINE_AA, shift=4)
+        core = cv2.GaussianBlur(core.astype(np.float32), (0, 0), max(0.5, 0.3 * thick))
+        shadow = cv2.GaussianBlur(shadow.astype(np.float32), (0, 0), max(1.0, thick))
+        ink = np.minimum(_LASH_INK * core + _LASH_SHADOW * shadow, 255.0 * _LASH_INK).astype(np.uint8)
+        return cv2.merge([ink, ink, ink])
 
     def _fill_mouth(self, image: np.ndarray, pose: AvatarPose) -> None:
         gap = float(np.linalg.norm(pose.xy[lm.UPPER_LIP_MID] - pose.xy[lm.LOWER_LIP_MID]))
