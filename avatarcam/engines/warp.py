@@ -516,6 +516,10 @@ class WarpEngine:
         self._teeth_color = np.clip(ivory * cast * lum, 0, 255)
         self._src_gap = float(np.linalg.norm(avatar.landmarks[lm.UPPER_LIP_MID, :2] - avatar.landmarks[lm.LOWER_LIP_MID, :2]))
         self._mouth_width = lm.mouth_width(avatar.landmarks)
+        # How much wider than the photo's own gap the lips part before the painted cavity is
+        # in full: 8% of the mouth's width where the photo shows an interior of its own to
+        # stretch, 3% where its lips are closed (stretched lip between them reads as closed).
+        self._cavity_ramp = (0.03 + 0.05 * min(self._src_gap / (0.05 * self._mouth_width), 1.0)) * self._mouth_width
 
     @staticmethod
     def _signed_area(points: np.ndarray, tris: np.ndarray) -> np.ndarray:
@@ -802,7 +806,7 @@ class WarpEngine:
         gap = float(np.linalg.norm(pose.xy[lm.UPPER_LIP_MID] - pose.xy[lm.LOWER_LIP_MID]))
         # A photo with parted lips shows its own mouth interior: opened a little wider, that
         # interior stretched looks more like the person than a painted-in cavity does.
-        strength = float(np.clip((gap - max(self._src_gap + 1.0, 1.4 * self._src_gap)) / (0.08 * self._mouth_width), 0.0, 1.0))
+        strength = float(np.clip((gap - max(self._src_gap + 1.0, 1.4 * self._src_gap)) / self._cavity_ramp, 0.0, 1.0))
         if strength <= 0.0:
             return
         ring = self.framing.to_output(pose.xy[lm.INNER_LIPS_IDS])
