@@ -32,6 +32,10 @@ _MOUTH = np.array(lm.MOUTH)
 _RIGHT_IRIS, _LEFT_IRIS = np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS)
 _LOWER_LIP = np.array(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
 _RIGHT_LIDS, _LEFT_LIDS = np.array(lm.RIGHT_EYE), np.array(lm.LEFT_EYE)
+_LIDS = {side: np.concatenate(ids) for side, ids in lm.LID_IDS.items()}
+# Face Mesh's lid gap on a shut eye, as a share of the eye's width (0.02-0.06 at the
+# deepest frame of the shared clips' blinks).
+_SHUT_GAP = 0.04
 # (upper lid, lower lid, iris) per eye; inner lips paired, corners left out.
 _LID_PAIRS = ((*lm.LID_IDS["right"], _RIGHT_IRIS), (*lm.LID_IDS["left"], _LEFT_IRIS))
 # A driver's neutral lip gap below this share of its mouth width counts as closed.
@@ -151,6 +155,7 @@ class Retargeter:
             hy = _ratio(p[f"{side}_eye_height"], s * lm.eye_height(self.neutral, side), 0.4, 2.5)
             self._local_scale[idx] = (wx, hy, wx)
         self._neutral_eye = {side: lm.eye_height(self.neutral, side) for side in ("right", "left")}
+        self._shut_eye = {side: _SHUT_GAP * lm.eye_width(self.neutral, side) for side in ("right", "left")}
 
     def _open_neutral_eyes(self, driver: np.ndarray) -> None:
         """A neutral whose eyes were half shut (a blink starting or ending) takes its eyes
@@ -182,6 +187,7 @@ class Retargeter:
         # most closed it has been seen instead (from nearly shut lips until then).
         self._closed_gap = min(self._closed_gap, self._lip_gap(undone))
         expression[_LOWER_LIP] += (self._neutral_gap - self._closed_gap) * self._driver_down
+        self._close_from_floor(expression, undone)
         expression = self._align.scale * expression @ self._align.rotation.T
         local = expression @ self._axes * self._local_scale  # in the avatar face's own axes
         local = self._steady_gaze(local, driver, motion.scale)
@@ -209,6 +215,17 @@ class Retargeter:
         if norm > self.max_translation:
             shift[:2] *= self.max_translation / norm
         return scale * (shaped - self._center) @ rotation.T + self._center + shift
+
+    def _close_from_floor(self, expression: np.ndarray, undone: np.ndarray) -> None:
+        """Face Mesh never sees a shut eye's lids meet: they keep a gap of a few percent
+        of the eye's width, a third of a narrow eye's opening. Closing lids move by as much
+        more as takes that gap to shut lids on the avatar."""
+        for side, lids in _LIDS.items():
+            neutral, floor = self._neutral_eye[side], self._shut_eye[side]
+            if neutral <= 2.0 * floor:
+                continue  # eyes this narrow in the neutral: no room to tell shut from open
+            closing = float(np.clip((neutral - lm.eye_height(undone, side)) / (neutral - floor), 0.0, 1.0))
+            expression[lids] *= 1.0 + closing * floor / (neutral - floor)
 
     def _steady_gaze(self, local: np.ndarray, driver: np.ndarray, scale: float) -> np.ndarray:
         """Irises move with their eye, and look around on their own only as far as the
