@@ -381,6 +381,15 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
             lash.astype(np.float32))
 
 
+def _lid_gap(points: np.ndarray, side: str, down: np.ndarray) -> float:
+    """One eye's mean lid gap across the eye (along ``down``, the face's down axis in the
+    image), in pixels. Closing lids slide along the eye as well: measured point to point,
+    lids that had met still kept a third of a small eye's gap."""
+    upper, lower = lm.LID_IDS[side]
+    down = down / max(float(np.linalg.norm(down)), 1e-6)
+    return float(np.maximum((points[lower, :2] - points[upper, :2]) @ down, 0.0).mean())
+
+
 def _lid_arc(a: np.ndarray, b: np.ndarray, points: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
     """Points on the parabola from corner ``a`` to corner ``b`` that best fits ``points``
     (a lid's edge), at fractions ``at`` of the way (default: where ``points`` lie along
@@ -457,7 +466,7 @@ class WarpEngine:
         self._texture = self._shrink(eyes)
         self._irises = data["irises"]
         self._iris_radius = data["iris_geometry"][:, 2].astype(np.float64)
-        self._lid_gap = {s: lm.eye_height(avatar.landmarks, s) for s in _EYE_RINGS}
+        self._lid_gap = {s: _lid_gap(avatar.landmarks, s, lm.head_axes(avatar.landmarks)[:2, 1]) for s in _EYE_RINGS}
         self._lash_color = np.round(data["lash_color"]).astype(np.uint8)
         self._alpha = self._shrink(data["person_alpha"])
         # Grid samples sit on the centres of grid_step x grid_step pixel blocks, which is
@@ -732,8 +741,9 @@ class WarpEngine:
     def _lid_closure(self, pose: AvatarPose) -> dict[str, float]:
         """How far each eye is shut, 0..1, for the eyes whose lids are closing."""
         shut = {}
+        down = lm.head_axes(pose.landmarks)[:2, 1]
         for side in _EYE_RINGS:
-            ratio = lm.eye_height(pose.landmarks, side) / max(self._lid_gap[side], 1e-6)
+            ratio = _lid_gap(pose.landmarks, side, down) / max(self._lid_gap[side], 1e-6)
             closed = float(np.clip((_LID_START - ratio) / (_LID_START - _LID_FULL), 0.0, 1.0))
             if closed > 0.0:
                 shut[side] = closed
