@@ -54,7 +54,7 @@ _RING_FACTORS = (1.35, 1.9)
 _RING_WEIGHTS = (1.0, 0.85)
 # The lid texture fully replaces the eye once the lid gap falls to this share of the
 # photo's, and starts to show below _LID_START.
-_LID_START, _LID_FULL = 0.6, 0.3
+_LID_START, _LID_FULL = 0.45, 0.2
 # A shut eye's lash line: width (share of the eye's width) and opacity mid-lid, and the
 # opacity of the soft shadow the lashes cast below it.
 _LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
