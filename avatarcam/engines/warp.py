@@ -283,8 +283,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     band = face[np.isin(face, upper_ids).any(axis=1)]  # the lid above each opening
     moved = np.vstack([band, eye_triangles])
 
-    down = lm.head_axes(points)[:2, 1]
-    down = down / max(float(np.linalg.norm(down)), 1e-6)
+    down = _image_down(points)
 
     # The shut picture: for each of its pixels the photo position the warp shows there,
     # how far down the lid it lies (0 at the fold, 1 where the lids meet), and where the
@@ -381,12 +380,17 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
             lash.astype(np.float32))
 
 
+def _image_down(points: np.ndarray) -> np.ndarray:
+    """The face's down axis in the image, a unit 2D vector."""
+    down = lm.head_axes(points)[:2, 1]
+    return down / max(float(np.linalg.norm(down)), 1e-6)
+
+
 def _lid_gap(points: np.ndarray, side: str, down: np.ndarray) -> float:
-    """One eye's mean lid gap across the eye (along ``down``, the face's down axis in the
-    image), in pixels. Closing lids slide along the eye as well: measured point to point,
-    lids that had met still kept a third of a small eye's gap."""
+    """One eye's mean lid gap across the eye (along ``down``, the face's unit down axis in
+    the image), in pixels. Closing lids slide along the eye as well: measured point to
+    point, lids that had met still kept a third of a small eye's gap."""
     upper, lower = lm.LID_IDS[side]
-    down = down / max(float(np.linalg.norm(down)), 1e-6)
     return float(np.maximum((points[lower, :2] - points[upper, :2]) @ down, 0.0).mean())
 
 
@@ -466,7 +470,7 @@ class WarpEngine:
         self._texture = self._shrink(eyes)
         self._irises = data["irises"]
         self._iris_radius = data["iris_geometry"][:, 2].astype(np.float64)
-        self._lid_gap = {s: _lid_gap(avatar.landmarks, s, lm.head_axes(avatar.landmarks)[:2, 1]) for s in _EYE_RINGS}
+        self._lid_gap = {s: _lid_gap(avatar.landmarks, s, _image_down(avatar.landmarks)) for s in _EYE_RINGS}
         self._lash_color = np.round(data["lash_color"]).astype(np.uint8)
         self._alpha = self._shrink(data["person_alpha"])
         # Grid samples sit on the centres of grid_step x grid_step pixel blocks, which is
@@ -702,13 +706,14 @@ class WarpEngine:
 
     def render(self, pose: AvatarPose) -> np.ndarray:
         """The avatar in this pose, RGB uint8 of the framing's output size."""
-        shut = self._lid_closure(pose)
+        down = _image_down(pose.landmarks)  # lids do not move the head's axes
+        shut = self._lid_closure(pose, down)
         if shut:
             pose = self._pull_lids(pose, shut)
         m, weight = self._dense_map(pose, alpha=True)
         person = cv2.remap(self._texture, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         self._draw_irises(person, pose)
-        self._close_lids(person, m, pose, shut)
+        self._close_lids(person, m, pose, shut, down)
         self._fill_mouth(person, pose)
         return self._composite(person, weight)
 
@@ -738,10 +743,9 @@ class WarpEngine:
             front = cv2.multiply(np.ascontiguousarray(rgba[..., :3]), alpha, scale=1.0 / 255.0)
             roi[:] = cv2.add(front, cv2.multiply(roi, cv2.bitwise_not(alpha), scale=1.0 / 255.0))
 
-    def _lid_closure(self, pose: AvatarPose) -> dict[str, float]:
+    def _lid_closure(self, pose: AvatarPose, down: np.ndarray) -> dict[str, float]:
         """How far each eye is shut, 0..1, for the eyes whose lids are closing."""
         shut = {}
-        down = lm.head_axes(pose.landmarks)[:2, 1]
         for side in _EYE_RINGS:
             ratio = _lid_gap(pose.landmarks, side, down) / max(self._lid_gap[side], 1e-6)
             closed = float(np.clip((_LID_START - ratio) / (_LID_START - _LID_FULL), 0.0, 1.0))
@@ -766,11 +770,11 @@ class WarpEngine:
             landmarks[upper, 2] += pull * (landmarks[lower, 2] - landmarks[upper, 2])
         return dataclasses.replace(pose, landmarks=landmarks)
 
-    def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose, shut: dict[str, float]) -> None:
-        """Blend in the lid texture over each closing eye, and the lash line along its lid's edge."""
+    def _close_lids(self, image: np.ndarray, m: np.ndarray, pose: AvatarPose, shut: dict[str, float],
+                    down: np.ndarray) -> None:
+        """Blend in the lid texture over each closing eye, and the lash line along its lid's
+        edge (``down``: the face's unit down axis in the image)."""
         h, w = image.shape[:2]
-        down = lm.head_axes(pose.landmarks)[:2, 1]
-        down = down / max(float(np.linalg.norm(down)), 1e-6)
         for side, closed in shut.items():
             pts = self.framing.to_output(pose.xy[_EYE_RING_IDS[side]])
             size = float(np.ptp(pts[:, 0]))
