@@ -32,7 +32,7 @@ _MOUTH = np.array(lm.MOUTH)
 _RIGHT_IRIS, _LEFT_IRIS = np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS)
 _LOWER_LIP = np.array(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
 _RIGHT_LIDS, _LEFT_LIDS = np.array(lm.RIGHT_EYE), np.array(lm.LEFT_EYE)
-_LIDS = {side: np.concatenate(ids) for side, ids in lm.LID_IDS.items()}
+_LID_POINTS = {side: np.concatenate(ids) for side, ids in lm.LID_IDS.items()}  # both lids, no corners
 # Face Mesh's lid gap on a shut eye, as a share of the eye's width (0.02-0.06 at the
 # deepest frame of the shared clips' blinks).
 _SHUT_GAP = 0.04
@@ -220,7 +220,7 @@ class Retargeter:
         """Face Mesh never sees a shut eye's lids meet: they keep a gap of a few percent
         of the eye's width, a third of a narrow eye's opening. Closing lids move by as much
         more as takes that gap to shut lids on the avatar."""
-        for side, lids in _LIDS.items():
+        for side, lids in _LID_POINTS.items():
             neutral, floor = self._neutral_eye[side], self._shut_eye[side]
             if neutral <= 2.0 * floor:
                 continue  # eyes this narrow in the neutral: no room to tell shut from open

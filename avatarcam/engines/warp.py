@@ -301,10 +301,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     anchor = src.copy()
     heights = np.linspace(0.04, 0.25, 12) * eye_w
     for upper, _ in lm.LID_IDS.values():
-        probes = src[upper][:, None] - heights[None, :, None] * down  # (points, heights, 2)
-        seen = cv2.remap(soft, probes[..., 0].astype(np.float32), probes[..., 1].astype(np.float32),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        profile = seen.mean(axis=0)
+        profile = _sample_above(soft, src[upper], heights, down).mean(axis=0)
         bright = profile >= profile.min() + 0.6 * (profile.max() - profile.min())
         anchor[upper] = src[upper] - heights[int(np.argmax(bright))] * down
     lookup, lid = _mesh_values(drawn, shut, np.column_stack([src, depth, anchor]), shape)
@@ -347,9 +344,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     # than the lashes of a shut eye seen from above).
     lash_px = []
     for upper, _ in lm.LID_IDS.values():
-        probes = src[upper[2:-2]][:, None] - (np.linspace(-0.02, 0.06, 9) * eye_w)[None, :, None] * down
-        seen = cv2.remap(patch, probes[..., 0].astype(np.float32), probes[..., 1].astype(np.float32),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        seen = _sample_above(patch, src[upper[2:-2]], np.linspace(-0.02, 0.06, 9) * eye_w, down)
         lash_px.append(seen[np.arange(len(seen)), np.argmin(seen.sum(axis=2), axis=1)])
     lash = np.median(np.vstack(lash_px), axis=0)
 
@@ -378,6 +373,13 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     out = np.where(opening[..., None], lid_edge * (1.0 - g) + lower_skin * g, out)
     return (np.clip(out + 0.5, 0, 255).astype(np.uint8), np.array([x0, y0, x1, y1], dtype=np.int32),
             lash.astype(np.float32))
+
+
+def _sample_above(image: np.ndarray, points: np.ndarray, heights: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """``image`` at each of ``points`` (N, 2) moved up by each of ``heights`` along the unit
+    vector ``down``: (N, len(heights)) or (N, len(heights), C), bilinear."""
+    probes = (points[:, None] - heights[None, :, None] * down).astype(np.float32)
+    return cv2.remap(image, probes[..., 0], probes[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _image_down(points: np.ndarray) -> np.ndarray:
