@@ -377,13 +377,56 @@ def test_teeth_of_a_mouth_seen_three_quarters_stay_along_its_lips(shared_data):
     dark = dark.astype(float).mean(axis=2)
     corners = target[[lm.INNER_LIP_UPPER[0], lm.INNER_LIP_UPPER[-1]], :2]
     width = float(np.linalg.norm(corners[1] - corners[0]))
-    for teeth, lip, reach in (((1.0, 0.0), lm.INNER_LIP_UPPER, 0.17), ((0.0, 1.0), lm.INNER_LIP_LOWER, 0.11)):
+    mouth = lm.mouth_width(target)
+    # A front tooth shows at most about a fifth of the mouth's width.
+    for teeth, lip, reach in (((1.0, 0.0), lm.INNER_LIP_UPPER, 0.2), ((0.0, 1.0), lm.INNER_LIP_LOWER, 0.17)):
         image = engine.render(retarget.pose(target, teeth=teeth)).astype(float).mean(axis=2)
         ys, xs = np.nonzero(image - dark > 25)  # this row's pixels
         assert len(xs) > 0.01 * width ** 2
         edge = np.vstack([corners[:1], target[list(lip), :2], corners[1:]])
         far = _distance_to_polyline(np.stack([xs, ys], axis=1), edge)
-        assert far.max() < reach * width + 3.0  # never further from its lip than a tooth is long
+        assert far.max() < reach * mouth + 3.0  # never further from its lip than a tooth is long
+
+
+def _teeth_reach(image, points):
+    """How far teeth reach from the upper and from the lower inner lip along the middle of
+    an open mouth (pixels brighter than the lips), in mouth widths."""
+    top, bottom = points[lm.UPPER_LIP_MID, :2], points[lm.LOWER_LIP_MID, :2]
+    n = max(int(np.linalg.norm(bottom - top)), 4)
+    line = top + (bottom - top) * (np.arange(n + 1) / n)[:, None]
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    column = np.median([cv2.remap(luma, (line[:, 0] + dx).astype(np.float32)[None], line[:, 1].astype(np.float32)[None],
+                                  cv2.INTER_LINEAR)[0] for dx in (-2.0, 0.0, 2.0)], axis=0)
+    lips = points[list(lm.OUTER_LIP_UPPER + lm.OUTER_LIP_LOWER), :2].round().astype(int)
+    teeth = column > 1.15 * float(np.median(luma[lips[:, 1], lips[:, 0]]))
+    step = np.linalg.norm(bottom - top) / n / lm.mouth_width(points)
+    return teeth[: len(teeth) // 2].sum() * step, teeth[len(teeth) // 2:].sum() * step
+
+
+@pytest.mark.shared
+def test_teeth_reach_as_far_as_real_teeth(shared_data, tmp_path):
+    """A woman pulling faces, her avatar made from the clip's first frame (lips closed):
+    where she opens her mouth wide and shows both rows of teeth, the avatar's teeth reach
+    about as far from its lips as hers do (before: thin crescents, the lower row half as
+    long as hers)."""
+    faces = _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 150)
+    photo = tmp_path / "first_frame.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
+    avatar, _ = prepare([photo])
+    retarget = Retargeter(avatar.landmarks, avatar.proportions)
+    retarget.set_neutral(faces[0][1])
+    engine = WarpEngine(avatar)
+    ratios = []
+    for image, points in faces[::2]:
+        teeth = lm.teeth_showing(image, points)
+        if lm.mouth_opening(points) < 0.3 or min(teeth) < 0.5:
+            continue
+        target = retarget.target(points)
+        out = engine.render(retarget.pose(target, teeth=teeth))
+        ratios.append(np.array(_teeth_reach(out, target)) / np.maximum(_teeth_reach(image, points), 1e-3))
+    assert len(ratios) >= 8
+    upper, lower = np.median(ratios, axis=0)
+    assert 0.7 < upper < 1.4 and 0.7 < lower < 1.4
 
 
 @pytest.mark.shared

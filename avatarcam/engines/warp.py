@@ -58,6 +58,15 @@ _LID_START, _LID_FULL = 0.45, 0.2
 # A shut eye's lash line: width (share of the eye's width) and opacity mid-lid, and the
 # opacity of the soft shadow the lashes cast below it.
 _LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
+# How far each teeth row shows from its lip at the mouth's middle, in mouth widths, against
+# the lip gap in mouth widths: medians of the shared clips' frames that show teeth (upper
+# teeth 0.05 of the width at a tenth's gap, 0.15 wide open; lower ones mostly hidden until the
+# jaw drops), set so that the same measure on renders gives the same lengths.
+_TEETH_GAPS = (0.0, 0.1, 0.22, 0.4, 0.65)
+_TEETH_UPPER = (0.0, 0.08, 0.1, 0.12, 0.19)
+_TEETH_LOWER = (0.0, 0.025, 0.075, 0.14, 0.16)
+# Width of one front tooth, in half mouth widths.
+_TOOTH_WIDTH = 0.17
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
 _IRIS_REACH = 1.15
 # Triangles whose box holds more grid samples than this are filled one by one.
@@ -181,6 +190,19 @@ def _iris_circle(points: np.ndarray, iris) -> tuple[np.ndarray, float]:
     center = points[iris[0], :2]
     d = points[np.asarray(iris[1:]), :2] - center
     return center, float(np.sqrt((d * d).sum(axis=1)).mean())
+
+
+def _eye_whites(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
+    """The colour of a photo's eye whites: the median of the brightest sixth of the pixels
+    inside both eye openings (lid edges left out), or None where the eyes show too little."""
+    mask = np.zeros(image.shape[:2], np.uint8)
+    for ring in _EYE_RINGS.values():
+        cv2.fillPoly(mask, [np.round(points[list(ring), :2]).astype(np.int32)], 1)
+    pixels = image[cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0].astype(np.float32)
+    if len(pixels) < 30:
+        return None
+    luma = pixels.mean(axis=1)
+    return np.median(pixels[luma >= np.percentile(luma, 84)], axis=0)
 
 
 def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -517,18 +539,23 @@ class WarpEngine:
         # A mouth opened wider than the photo shows is filled with a dark cavity tinted
         # like this avatar's lips, not with stretched lip texture.
         self._lip_color = avatar.image[lips[:, 1], lips[:, 0]].reshape(-1, 3).mean(axis=0)
-        # Teeth are ivory lit like this face: about as bright as its skin allows, faintly
-        # tinted by the photo's colour cast (grey in a grey photo).
+        # Teeth are lit like this face: about as bright as its skin allows, and white the
+        # way its eye whites are (both take the light's and the photo's colour; in the shared
+        # clips the two hues agree within a few percent). Eyes too small or shaded to show
+        # whites brighter than the skin leave ivory faintly tinted by the skin instead.
         oval = np.round(avatar.landmarks[list(lm.FACE_OVAL), :2]).astype(np.int32)
         face_mask = np.zeros(avatar.image.shape[:2], np.uint8)
         cv2.fillConvexPoly(face_mask, cv2.convexHull(oval), 1)
         skin = np.asarray(cv2.mean(avatar.image, face_mask)[:3])
-        cast = (skin / max(skin.mean(), 1.0)) ** 0.3
-        lum = float(np.clip(0.8 * skin.mean() + 70, 110, 230))
-        # Ivory in a colour photo, fading to plain grey in a black-and-white one.
-        colour = min(1.0, float(np.ptp(skin)) / max(float(skin.max()), 1.0) / 0.15)
-        ivory = 1.0 - (1.0 - np.array([1.0, 0.97, 0.9])) * colour
-        self._teeth_color = np.clip(ivory * cast * lum, 0, 255)
+        lum = float(np.clip(0.8 * skin.mean() + 80, 120, 235))
+        whites = _eye_whites(avatar.image, avatar.landmarks)
+        if whites is not None and whites.mean() > skin.mean():
+            tint = (whites / max(float(whites.mean()), 1.0)) ** 0.8
+        else:
+            # Ivory in a colour photo, fading to plain grey in a black-and-white one.
+            colour = min(1.0, float(np.ptp(skin)) / max(float(skin.max()), 1.0) / 0.15)
+            tint = (1.0 - (1.0 - np.array([1.0, 0.97, 0.9])) * colour) * (skin / max(skin.mean(), 1.0)) ** 0.3
+        self._teeth_color = np.clip(tint * lum, 0, 255)
         self._src_gap = float(np.linalg.norm(avatar.landmarks[lm.UPPER_LIP_MID, :2] - avatar.landmarks[lm.LOWER_LIP_MID, :2]))
         self._mouth_width = lm.mouth_width(avatar.landmarks)
         # How much wider than the photo's own gap the lips part before the painted cavity is
@@ -839,7 +866,9 @@ class WarpEngine:
         fill = self._cavity(ring - origin, mask.shape, gap / max(self._mouth_width, 1e-6))
         upper, lower = pose.teeth
         if upper > 0.05 or lower > 0.05:
-            self._draw_teeth(fill, ring - origin, upper, lower)
+            corners = self.framing.to_output(pose.xy[list(lm.MOUTH_CORNERS)])
+            mouth = max(float(np.linalg.norm(corners[1] - corners[0])), 1.0)
+            self._draw_teeth(fill, ring - origin, upper, lower, mouth)
         alpha = (mask * (0.92 * strength))[..., None]
         roi = image[y0:y1, x0:x1]
         roi[:] = (roi * (1.0 - alpha) + fill * alpha).astype(np.uint8)
@@ -856,10 +885,12 @@ class WarpEngine:
         shade = 0.3 + 0.6 * float(np.clip((opening - 0.1) / 0.25, 0.0, 1.0)) * tongue
         return shade[..., None] * self._lip_color.astype(np.float32)
 
-    def _draw_teeth(self, fill: np.ndarray, ring: np.ndarray, upper: float, lower: float) -> None:
-        """Shaded upper/lower teeth bands under the lips, into the cavity colour ``fill``.
+    def _draw_teeth(self, fill: np.ndarray, ring: np.ndarray, upper: float, lower: float, mouth: float) -> None:
+        """Shaded upper/lower teeth rows under the lips, into the cavity colour ``fill``.
 
-        ``upper``/``lower`` (0..1) set how far each row shows below its lip."""
+        ``upper``/``lower`` (0..1) say how clearly each row shows in the driver; how far it
+        reaches from its lip follows the lip gap, as real teeth do (``mouth``: the mouth's
+        width in pixels)."""
         n_up = len(lm.INNER_LIP_UPPER)
         top, bottom = ring[:n_up], ring[n_up:][::-1]  # both from one mouth corner to the other
         width = max(float(np.linalg.norm(top[-1] - top[0])), 1.0)
@@ -874,37 +905,42 @@ class WarpEngine:
         ys -= np.float32(mid[1])
         s_px, t_px = xs * along[0] + ys * along[1], xs * across[0] + ys * across[1]
 
-        def lip_edge(edge: np.ndarray) -> np.ndarray:
+        def lip_edge(edge: np.ndarray, s: np.ndarray) -> np.ndarray:
             es, et = (edge - mid) @ along, (edge - mid) @ across
             order = np.argsort(es, kind="stable")
-            return np.interp(s_px, es[order], et[order]).astype(np.float32)
+            return np.interp(s, es[order], et[order]).astype(np.float32)
 
-        t_top, t_bottom = lip_edge(top), lip_edge(bottom)
+        t_top, t_bottom = lip_edge(top, s_px), lip_edge(bottom, s_px)
         gap = np.maximum(t_bottom - t_top, 0.0)
+        opening = max(float(lip_edge(bottom, np.zeros(1))[0] - lip_edge(top, np.zeros(1))[0]), 0.0) / mouth
         u = s_px / (0.5 * width)  # -1..1 from one mouth corner to the other
         arch = np.sqrt(np.clip(1.0 - (np.abs(u) / 0.92) ** 3, 0.0, 1.0))
+        # Across each tooth -0.5..0.5 (the middle of the mouth is the gap between the two
+        # front teeth); each tooth's biting edge rounds off towards its sides.
+        across_tooth = (np.abs(u) / _TOOTH_WIDTH) % 1.0 - 0.5
+        squared = across_tooth * across_tooth
+        rounded = 1.0 - 1.6 * squared * squared  # 1 mid-tooth, 0.9 at its sides
         teeth = np.zeros(fill.shape[:2], np.float32)
         tone = np.ones(fill.shape[:2], np.float32)
         # Each row reaches from its lip into the mouth, but never across it: however wide the
         # teeth show, a dark gap stays between the rows (a solid pale bar reads as a third lip).
-        for t_edge, amount, reach, share, sign in ((t_top, upper, 0.17, 0.55, 1.0), (t_bottom, lower, 0.11, 0.35, -1.0)):
+        for t_edge, amount, shown, share, sign in ((t_top, upper, _TEETH_UPPER, 0.55, 1.0),
+                                                   (t_bottom, lower, _TEETH_LOWER, 0.35, -1.0)):
             if amount <= 0.05:
                 continue
-            length = np.minimum(reach * min(1.0, amount) * width * arch, share * gap)
+            reach = float(np.interp(opening, _TEETH_GAPS, shown)) * min(1.0, amount) * mouth
+            length = np.minimum(reach * arch * rounded, share * gap)
             depth = sign * (t_px - t_edge)  # pixels into the mouth from this lip
-            row = np.clip(depth + 0.5, 0.0, 1.0) * np.clip(length - depth + 0.5, 0.0, 1.0)
-            v = np.clip(depth / np.maximum(length, 1e-3), 0.0, 1.0)
-            # In the lip's shadow just under it; the biting edge a little translucent.
-            shade = (0.7 + 0.3 * np.clip(v / 0.35, 0.0, 1.0)) * (1.0 - 0.12 * np.clip((v - 0.75) / 0.25, 0.0, 1.0))
+            row = np.clip(depth + 1.0, 0.0, 1.0) * np.clip(length - depth + 0.5, 0.0, 1.0)
+            # A little in the lip's shadow just under it.
+            shade = 0.9 + 0.1 * np.clip(depth / np.maximum(0.3 * length, 1e-3), 0.0, 1.0)
             tone = np.where(row > teeth, shade, tone)
             teeth = np.maximum(teeth, row)
         # Shading: darker towards the mouth corners, where the teeth curve away into the
-        # cavity, with faint gaps between teeth (incisors widest); softened a little.
-        light = 0.35 + 0.65 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
-        # Tooth edges at |u| = 0.16, 0.3, 0.42, 0.52 ... (each tooth narrower in view).
-        phase = np.sqrt(np.abs(u)) * 7.0
-        gaps = np.exp(-(((phase + 0.5) % 1.0 - 0.5) ** 2) / 0.004)
-        light *= 1.0 - 0.12 * gaps * (np.abs(u) > 0.05)
+        # cavity, with faint gaps between the teeth; softened a little.
+        light = 0.7 + 0.3 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
+        between = np.abs(across_tooth) - 0.5
+        light *= 1.0 - 0.06 * np.exp(-250.0 * between * between)
         teeth = cv2.GaussianBlur(teeth, (3, 3), 0)[..., None]
         color = self._teeth_color[None, None, :] * (light * tone)[..., None]
         fill[:] = fill * (1.0 - teeth) + color * teeth
