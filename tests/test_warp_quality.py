@@ -352,6 +352,32 @@ def test_teeth_show_as_an_arch_not_a_band_round_the_mouth(grace_rig):
     assert sides < 0.35 * front  # 0.5 when the band was even all round
 
 
+@pytest.mark.shared
+def test_teeth_are_white_like_the_photos_eye_whites(shared_data, astronaut_avatar):
+    """Obama's official portrait, warm-skinned in warm light: the teeth he shows when the
+    driver grins have the hue of his eye whites, not of his skin (they were tinted by the
+    skin and came out brownish grey, hardly brighter than his skin: blue 0.71 of red,
+    where his eye whites have 0.91)."""
+    avatar, _ = prepare([shared_data / "portraits" / "obama_official__avatarify_obama.jpg"])
+    driver, retarget, engine = warp_rig(avatar, astronaut_avatar.landmarks)
+    target = retarget.target(open_mouth(driver, 0.4))
+    image = engine.render(retarget.pose(target, teeth=(1.0, 0.0)))
+    found = detect(image)
+    assert found is not None
+    below_upper_lip, _, _ = _mouth_regions(found)
+    teeth = _patch(image, below_upper_lip)
+    mask = np.zeros(avatar.image.shape[:2], np.uint8)
+    for ring in (lm.RIGHT_EYE, lm.LEFT_EYE):
+        cv2.fillPoly(mask, [np.round(avatar.landmarks[list(ring), :2]).astype(np.int32)], 1)
+    eye = avatar.image[mask > 0].astype(float)
+    whites = eye[eye.mean(axis=1) > np.percentile(eye.mean(axis=1), 85)].mean(axis=0)
+    face = np.zeros(avatar.image.shape[:2], np.uint8)
+    cv2.fillConvexPoly(face, cv2.convexHull(np.round(avatar.landmarks[:, :2]).astype(np.int32)), 1)
+    skin = avatar.image[face > 0].astype(float).mean(axis=0)
+    assert teeth.mean() > 1.3 * skin.mean()  # 1.04 before
+    assert np.abs(teeth / teeth.mean() - whites / whites.mean()).max() < 0.06  # 0.125 before
+
+
 def _distance_to_polyline(points, line):
     """Distance of each point (N, 2) to the polyline ``line`` (M, 2)."""
     a, b = line[:-1][None], line[1:][None]
