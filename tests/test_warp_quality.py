@@ -433,8 +433,8 @@ def _teeth_reach(image, points):
 def test_teeth_reach_as_far_as_real_teeth(shared_data, tmp_path):
     """A woman pulling faces, her avatar made from the clip's first frame (lips closed):
     where she opens her mouth wide and shows both rows of teeth, the avatar's teeth reach
-    about as far from its lips as hers do (before: thin crescents, the lower row half as
-    long as hers)."""
+    about as far from its lips as hers do, at the mouth's middle (0.72 and 0.94 of hers,
+    upper and lower row; before, the lower row reached half as far, 0.50)."""
     faces = _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 150)
     photo = tmp_path / "first_frame.png"
     cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
@@ -452,7 +452,7 @@ def test_teeth_reach_as_far_as_real_teeth(shared_data, tmp_path):
         ratios.append(np.array(_teeth_reach(out, target)) / np.maximum(_teeth_reach(image, points), 1e-3))
     assert len(ratios) >= 8
     upper, lower = np.median(ratios, axis=0)
-    assert 0.7 < upper < 1.4 and 0.7 < lower < 1.4
+    assert 0.6 < upper < 1.4 and 0.75 < lower < 1.4
 
 
 @pytest.mark.shared

@@ -58,10 +58,11 @@ _LID_START, _LID_FULL = 0.45, 0.2
 # A shut eye's lash line: width (share of the eye's width) and opacity mid-lid, and the
 # opacity of the soft shadow the lashes cast below it.
 _LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
-# How far each teeth row shows from its lip at the mouth's middle, in mouth widths, against
-# the lip gap in mouth widths: medians of the shared clips' frames that show teeth (upper
-# teeth 0.05 of the width at a tenth's gap, 0.15 wide open; lower ones mostly hidden until the
-# jaw drops), set so that the same measure on renders gives the same lengths.
+# How far each teeth row reaches from its lip at the mouth's middle when the driver shows it
+# clearly, in mouth widths, against the lip gap in mouth widths. From the shared clips' frames
+# that show teeth (upper teeth 0.05 of the width at a tenth's gap, 0.15 wide open; lower ones
+# mostly hidden until the jaw drops), raised a little for the lip's shadow and blur that the
+# same measure loses on renders. A row shown less clearly in the driver reaches less far.
 _TEETH_GAPS = (0.0, 0.1, 0.22, 0.4, 0.65)
 _TEETH_UPPER = (0.0, 0.08, 0.1, 0.12, 0.19)
 _TEETH_LOWER = (0.0, 0.025, 0.075, 0.14, 0.16)
