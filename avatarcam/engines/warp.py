@@ -196,10 +196,14 @@ def _iris_circle(points: np.ndarray, iris) -> tuple[np.ndarray, float]:
 def _eye_whites(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     """The colour of a photo's eye whites: the median of the brightest sixth of the pixels
     inside both eye openings (lid edges left out), or None where the eyes show too little."""
-    mask = np.zeros(image.shape[:2], np.uint8)
-    for ring in _EYE_RINGS.values():
-        cv2.fillPoly(mask, [np.round(points[list(ring), :2]).astype(np.int32)], 1)
-    pixels = image[cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0].astype(np.float32)
+    rings = [np.round(points[list(ring), :2]).astype(np.int32) for ring in _EYE_RINGS.values()]
+    # Only the eyes' box, with a margin for the erosion (not a mask of the whole photo).
+    h, w = image.shape[:2]
+    x0, y0 = np.maximum(np.min([r.min(axis=0) for r in rings], axis=0) - 2, 0)
+    x1, y1 = np.minimum(np.max([r.max(axis=0) for r in rings], axis=0) + 3, [w, h])
+    mask = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
+    cv2.fillPoly(mask, [r - (x0, y0) for r in rings], 1)
+    pixels = image[y0:y1, x0:x1][cv2.erode(mask, np.ones((3, 3), np.uint8)) > 0].astype(np.float32)
     if len(pixels) < 30:
         return None
     luma = pixels.mean(axis=1)
@@ -495,7 +499,8 @@ class WarpEngine:
         self._texture = self._shrink(eyes)
         self._irises = data["irises"]
         self._iris_radius = data["iris_geometry"][:, 2].astype(np.float64)
-        self._lid_gap = {s: _lid_gap(avatar.landmarks, s, _image_down(avatar.landmarks)) for s in _EYE_RINGS}
+        down = _image_down(avatar.landmarks)
+        self._lid_gap = {s: _lid_gap(avatar.landmarks, s, down) for s in _EYE_RINGS}
         self._lash_color = np.round(data["lash_color"]).astype(np.uint8)
         self._alpha = self._shrink(data["person_alpha"])
         # Grid samples sit on the centres of grid_step x grid_step pixel blocks, which is
