@@ -6,10 +6,12 @@
 Two protocols, on ``../shared/data`` (``--data DIR``):
 
 * self-reenactment: each clip's first frame is the avatar, driven by the clip itself (its
-  first ``--frames`` frames); every output frame is compared with the real frame. Two
-  references run beside the engine: the static first frame (the floor) and a plain
+  first ``--frames`` frames); every output frame is compared with the real frame. Three
+  references run beside the engine: the static first frame (the floor), a plain
   Delaunay mesh warp of the first frame driven by the *true* landmarks of each frame
-  (a ceiling for naive warping).
+  (a ceiling for naive warping), and the first frame warped by optical flow computed
+  from the real frame itself (an oracle: roughly the best any warp of the first frame
+  can do).
 * cross-reenactment: each portrait driven by a clip of another person: identity kept,
   motion transferred, face still found, landmark jitter.
 
@@ -288,10 +290,12 @@ class Benchmark:
             self._timed("dlib", start)
 
         # The engine is driven by the clip's tracked landmarks; the static floor shows the
-        # first frame; the naive ceiling warps the first frame onto each frame's true landmarks.
+        # first frame; the naive ceiling warps the first frame onto each frame's true
+        # landmarks; the oracle warps it by the flow from the real frame itself.
         run = EngineRun(self.engine_cls, source_path, Path(self.tmp.name) / "cache")
         warp = qm.DelaunayWarp(frames[0], true_pts[0])
-        engine, static, delaunay = SelfScores(), SelfScores(), SelfScores()
+        flow = qm.FlowOracle(frames[0])
+        engine, static, delaunay, oracle = SelfScores(), SelfScores(), SelfScores(), SelfScores()
         first_desc = self.real_descriptor(frames, true_pts, 0) if self.describe is not None else None
         thumbs: dict[int, np.ndarray] = {}
         moments = _moments(true_pts)
@@ -320,10 +324,16 @@ class Benchmark:
                 output = warp.warp(last)
                 self._timed("delaunay warp", start)
                 score(delaunay, i, output, compare)
+
+                start = time.perf_counter()
+                output = flow.warp(real)
+                self._timed("oracle flow", start)
+                score(oracle, i, output, compare)
         finally:
             run.close()
         self.sheet_rows.append(([f"self: {name}"], [(i, thumbs[i]) for i in sorted(thumbs)]))
-        results = {"engine": engine.result(true_pts), "static": static.result(true_pts), "delaunay": delaunay.result(true_pts)}
+        results = {"engine": engine.result(true_pts), "static": static.result(true_pts),
+                   "delaunay": delaunay.result(true_pts), "oracle": oracle.result(true_pts)}
         results["engine"]["render_ms_p50"] = float(np.nanmedian(run.render_ms))
         results["engine"]["prepare_s"] = run.prepare_s
         return {"clip": name, "size": [w, h], "fps": fps, "frames": len(frames),
@@ -399,6 +409,7 @@ class Benchmark:
 
 # -- report ---------------------------------------------------------------------------------
 
+METHODS = ("engine", "static", "delaunay", "oracle")  # the engine, then its references
 SELF_KEYS = ("l1", "psnr", "ssim", "face_l1", "face_psnr", "face_ssim", "akd", "aed", "face_found", "motion_r", "jitter")
 CROSS_KEYS = ("identity_distance", "driver_identity_distance", "motion_r", "face_found", "jitter", "driver_jitter",
               "jitter_excess")
@@ -417,6 +428,7 @@ def summarize(results: dict) -> dict:
         "engine": {"self": over([c["engine"] for c in results["self"]], SELF_KEYS)},
         "static": {"self": over([c["static"] for c in results["self"]], SELF_KEYS)},
         "delaunay": {"self": over([c["delaunay"] for c in results["self"]], SELF_KEYS)},
+        "oracle": {"self": over([c["oracle"] for c in results["self"]], SELF_KEYS)},
     }
     if results["cross"]:
         summary["engine"]["cross"] = over(results["cross"], CROSS_KEYS)
@@ -463,7 +475,7 @@ def print_table(summary: dict, file=sys.stdout) -> None:
     cols = ("l1", "ssim", "psnr", "face_l1", "face_ssim", "face_psnr", "akd", "aed", "motion_r", "jitter")
     print("self-reenactment (mean over clips)", file=file)
     print(f"{'':10}" + "".join(f"{c:>10}" for c in cols), file=file)
-    for method in ("engine", "static", "delaunay"):
+    for method in METHODS:
         row = summary[method]["self"]
         print(f"{method:10}" + "".join(f"{_fmt(row.get(c)):>10}" for c in cols), file=file)
     cross = summary["engine"].get("cross")
@@ -539,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "jitter": "mean |p[t-1] - 2p[t] + p[t+1]| of re-detected landmarks, % of face width",
                     "jitter_excess": "output jitter minus the driver's (re-detection noise cancels)",
                     "face_found": "fraction of output frames where MediaPipe re-detects a face",
+                    "references": "static: the first frame unchanged; delaunay: the first frame warped over the Delaunay "
+                                  "triangulation of its landmarks onto each frame's true landmarks; oracle: the first "
+                                  "frame warped by DIS optical flow from the real frame itself (it sees the answer)",
                     "means": "summary = mean over clips (self) and over portrait pairs (cross)",
                 },
             },

@@ -211,6 +211,28 @@ class DelaunayWarp:
         return cv2.remap(self.image, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+class FlowOracle:
+    """A reference no live method can match: the first frame warped by dense optical flow
+    (OpenCV's DIS) computed from each real frame back to the first, so the warp sees the
+    answer. It shows roughly how close a warp of the first frame can come when its
+    correspondences are as good as photometric flow finds; what it still misses (the
+    inside of an opened mouth, lighting, a descriptor's view of the face) no warp of the
+    first frame brings."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        self.image = image
+        self._gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._gx, self._gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+    def warp(self, real: np.ndarray) -> np.ndarray:
+        # For each pixel of the real frame, where it lies in the first frame.
+        flow = self._flow.calc(cv2.cvtColor(real, cv2.COLOR_RGB2GRAY), self._gray, None)
+        return cv2.remap(self.image, self._gx + flow[..., 0], self._gy + flow[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+
+
 class FaceMeshDetector:
     """One MediaPipe Face Mesh in static-image mode (every frame detected afresh, no
     tracking between frames), used to re-detect landmarks in real and rendered frames."""
