@@ -165,6 +165,8 @@ class AvatarPipeline:
         return self.rig.engine.framing.output_size
 
     def request_neutral(self) -> None:
+        """Take the next face as the driver's neutral (and as the tracker's flow reference)."""
+        self.tracker.new_reference()
         for rig in self._rigs.values():
             rig.retargeter.request_neutral()
 

@@ -1,4 +1,5 @@
-"""Face tracking: MediaPipe Face Mesh (478 points with iris) plus One-Euro smoothing."""
+"""Face tracking: MediaPipe Face Mesh (478 points with iris), skin points pinned to the
+skin by optical flow, and One-Euro smoothing."""
 from __future__ import annotations
 
 import math
@@ -6,8 +7,11 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+import cv2
 import numpy as np
 
+from avatarcam import landmarks as lm
+from avatarcam.geometry import fit_similarity_2d
 from avatarcam.landmarks import face_width
 
 
@@ -124,6 +128,142 @@ class LandmarkFilter:
         return self._x.copy()
 
 
+# A head tilted less than this (sine of the angle, about 2 degrees) from its reference gets
+# an upright crop.
+_UPRIGHT = 0.035
+
+
+def _inside_convex(points: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Which ``points`` (N, 2) lie inside the convex hull of ``ring`` (M, 2)."""
+    hull = cv2.convexHull(ring.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    edges = np.roll(hull, -1, axis=0) - hull
+    rel = points[:, None, :] - hull[None]
+    cross = edges[None, :, 0] * rel[..., 1] - edges[None, :, 1] * rel[..., 0]
+    # Inside: on the same side of every edge, whichever way the hull runs.
+    return (cross >= 0).all(axis=1) | (cross <= 0).all(axis=1)
+
+
+class FlowRefiner:
+    """Pins the skin's landmarks to the skin with dense optical flow.
+
+    Face Mesh places each point afresh on every frame, partly from what it expects a face
+    to look like: on skin without features (cheeks, forehead, nose) its points sit 1-2% of
+    the face's width away from where the skin they marked on a reference frame has moved,
+    and the avatar's warp carries that error. Here the first frame of a tracked face is the
+    reference; each frame, OpenCV's DIS flow from the reference to the current frame, in a
+    small crop aligned on the head's rigid motion, carries the reference's points along
+    with the skin. Points whose look changes as they move keep Face Mesh's places: lips,
+    eyes and brows (and a margin round them: hair over a brow fools the flow), and the
+    face's outline against the background. So does any point where flow and Face Mesh
+    disagree by more than ``trust`` face widths, fading over as much again: a hand, hair
+    or a large turn away from the reference.
+
+    ``width`` is the crop's width in pixels (the face is shrunk to it, never enlarged).
+    """
+
+    # Regions whose points keep Face Mesh's positions: the convex hull of each ring, grown
+    # about its centre by this share.
+    _KEEP_RINGS = (lm.OUTER_LIP_UPPER + lm.OUTER_LIP_LOWER + lm.MOUTH_CORNERS, lm.RIGHT_EYE, lm.LEFT_EYE,
+                   lm.RIGHT_BROW, lm.LEFT_BROW)
+    _KEEP_GROW = 0.3
+
+    def __init__(self, width: int = 160, trust: float = 0.04) -> None:
+        self.width = width
+        self.trust = trust
+        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._stable = np.array(lm.STABLE)
+        self.reset()
+
+    def reset(self) -> None:
+        """Take the next face as the new reference."""
+        self._reference: np.ndarray | None = None
+
+    @property
+    def refined(self) -> np.ndarray:
+        """Ids of the points that follow the flow (set by the reference frame)."""
+        return self._ids
+
+    def __call__(self, points: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """``points`` (Face Mesh's, pixels) with the skin points moved to follow the skin."""
+        if self._reference is None:
+            self._set_reference(points, image)
+            return points
+        # The reference crop's box carried by the head's motion, so that the flow is left
+        # with what the face itself did.
+        motion = fit_similarity_2d(self._points[self._stable, :2], points[self._stable, :2])
+        current, to_frame = self._crop(image, motion[:, :2] @ self._centre + motion[:, 2], motion[:, :2] * self._step)
+        flow = self._flow.calc(self._reference, current, None)
+        moved = self._at + cv2.remap(flow, self._at[:, :1], self._at[:, 1:], cv2.INTER_LINEAR)[:, 0]
+        follow = moved @ to_frame[:, :2].T + to_frame[:, 2]
+        mesh = points[self._ids, :2]
+        off = np.sqrt(((follow - mesh) ** 2).sum(axis=1)) / max(face_width(points), 1e-6)
+        weight = np.clip(2.0 - off / self.trust, 0.0, 1.0)[:, None]
+        out = points.copy()
+        out[self._ids, :2] = mesh + weight * (follow - mesh)
+        return out
+
+    def _set_reference(self, points: np.ndarray, image: np.ndarray) -> None:
+        xy = points[:, :2]
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        size = 1.2 * (hi - lo)
+        self._step = max(1.0, size[0] / self.width)  # frame pixels per crop pixel
+        self._size = (max(int(size[0] / self._step), 8), max(int(size[1] / self._step), 8))
+        self._centre = (lo + hi) / 2
+        self._reference, to_frame = self._crop(image, self._centre, self._step * np.eye(2))
+        self._points = points.copy()
+        mesh = xy[:lm.NUM_MESH_POINTS]
+        keep = np.ones(lm.NUM_MESH_POINTS, bool)
+        keep[list(lm.FACE_OVAL)] = False
+        for ring in self._KEEP_RINGS:
+            ring_xy = xy[list(ring)]
+            centre = ring_xy.mean(axis=0)
+            keep[list(ring)] = False
+            keep &= ~_inside_convex(mesh, centre + (1.0 + self._KEEP_GROW) * (ring_xy - centre))
+        self._ids = np.flatnonzero(keep)
+        self._at = ((xy[self._ids] - to_frame[:, 2]) / np.diag(to_frame[:, :2])).astype(np.float32)
+
+    def _crop(self, image: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The grey crop of ``image`` round ``centre`` whose pixel steps are the columns of
+        ``axes`` (in frame pixels), and the 2x3 affine map from crop to frame."""
+        cw, ch = self._size
+        half = (np.array([cw, ch]) - 1) / 2
+        to_frame = np.hstack([axes, (centre - axes @ half)[:, None]])
+        step = math.hypot(axes[0, 0], axes[1, 0])
+        upright = abs(axes[1, 0]) < _UPRIGHT * step
+        if upright:
+            # The box itself, resized: the flow takes a small tilt in its stride.
+            x0, y0 = (round(c - n * step / 2) for c, n in zip(centre, (cw, ch)))
+            x1, y1 = x0 + max(round(cw * step), 1), y0 + max(round(ch * step), 1)
+        else:
+            corners = to_frame[:, :2] @ np.array([[-0.5, -0.5], [cw - 0.5, -0.5], [-0.5, ch - 0.5], [cw - 0.5, ch - 0.5]]).T
+            lo, hi = (corners + to_frame[:, 2:]).min(axis=1), (corners + to_frame[:, 2:]).max(axis=1)
+            x0, y0 = (math.floor(v) - 1 for v in lo)
+            x1, y1 = (math.ceil(v) + 2 for v in hi)
+        h, w = image.shape[:2]
+        inner = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+        if inner.shape[0] < 2 or inner.shape[1] < 2:
+            return np.zeros((ch, cw), np.uint8), to_frame  # off the frame: no flow to find
+        roi = cv2.cvtColor(inner, cv2.COLOR_RGB2GRAY)
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:  # at the frame's edge: its pixels fill the outside
+            roi = cv2.copyMakeBorder(roi, max(-y0, 0), max(y1 - h, 0), max(-x0, 0), max(x1 - w, 0), cv2.BORDER_REPLICATE)
+        # Halved (pixel p of a level sits on pixel 2p of the one below) until what is left
+        # shrinks at most twice: the flow works at a quarter of the crop's size, so linear
+        # sampling then aliases nothing it sees (INTER_AREA would cost six times more).
+        levels = 1
+        while step > 2 * levels and min(roi.shape) > 16:
+            roi = cv2.pyrDown(roi)
+            levels *= 2
+        if upright:
+            sx, sy = roi.shape[1] / cw, roi.shape[0] / ch
+            # Crop pixel u sits on pixel (u + 0.5) * s - 0.5 of the last level.
+            return cv2.resize(roi, (cw, ch), interpolation=cv2.INTER_LINEAR), np.array(
+                [[levels * sx, 0.0, x0 + levels * (0.5 * sx - 0.5)], [0.0, levels * sy, y0 + levels * (0.5 * sy - 0.5)]])
+        to_level = (to_frame - np.array([[0.0, 0.0, x0], [0.0, 0.0, y0]])) / levels
+        crop = cv2.warpAffine(roi, to_level, (cw, ch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        return crop, to_frame
+
+
 class TrackingState(Enum):
     SEARCHING = "searching"  # no face seen yet
     TRACKING = "tracking"
@@ -172,13 +312,14 @@ class FaceTracker:
     place. Faces too small for MediaPipe's full-frame detector (someone sitting back from a
     720p camera) are found by scanning square crops of the frame, then followed in a crop.
     ``max_faces`` is how many faces MediaPipe tracks in the full frame: 1 is cheapest, as
-    with more its detector runs on every frame that shows fewer.
+    with more its detector runs on every frame that shows fewer. With ``refine`` the skin's
+    points follow the skin by optical flow (:class:`FlowRefiner`) before smoothing.
     """
 
     def __init__(self, smoothing: bool = True, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, filter: LandmarkFilter | None = None, *,
                  max_faces: int = 1, small_faces: bool = True, reacquire_s: float = 1.0,
-                 min_iou: float = 0.15) -> None:
+                 min_iou: float = 0.15, refine: bool = True) -> None:
         face_mesh = _mediapipe_face_mesh()
         self._mesh = face_mesh.FaceMesh(
             static_image_mode=False, max_num_faces=max_faces, refine_landmarks=True,
@@ -189,6 +330,7 @@ class FaceTracker:
             static_image_mode=True, max_num_faces=3, refine_landmarks=True,
             min_detection_confidence=min_detection_confidence) if small_faces else None
         self.filter = (filter or LandmarkFilter()) if smoothing else None
+        self.refiner = FlowRefiner() if refine else None
         self.reacquire_s = reacquire_s
         self.min_iou = min_iou
         self.state = TrackingState.SEARCHING
@@ -228,12 +370,20 @@ class FaceTracker:
                 self.state = TrackingState.LOST
             if self.filter is not None:
                 self.filter.reset()  # a re-found face must not be dragged from its old place
+            if self.refiner is not None:
+                self.refiner.reset()
             return None
-        smooth = self.filter(raw, t, face_width(raw)) if self.filter is not None else raw
+        points = self.refiner(raw, image) if self.refiner is not None else raw
+        smooth = self.filter(points, t, face_width(points)) if self.filter is not None else points
         self.state = TrackingState.TRACKING
         self.frames_with_face += 1
         self.last = TrackedFace(smooth, raw, t)
         return self.last
+
+    def new_reference(self) -> None:
+        """The next frame becomes the flow refiner's reference (a new neutral, a mirrored view)."""
+        if self.refiner is not None:
+            self.refiner.reset()
 
     # -- choosing and finding faces ---------------------------------------------------------
     def _recent(self, t: float) -> bool:
