@@ -5,7 +5,7 @@ import pytest
 
 from avatarcam import landmarks as lm
 from avatarcam.geometry import euler_rotation, fit_similarity
-from avatarcam.tracking import FaceTracker, FlowRefiner, LandmarkFilter, TrackingState, detect_faces
+from avatarcam.tracking import FaceTracker, LandmarkFilter, TrackingState, detect_faces
 
 
 @pytest.fixture(scope="module")
