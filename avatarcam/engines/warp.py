@@ -36,7 +36,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, person_mask, push_pull_fill
 
-VERSION = "warp-5"
+VERSION = "warp-6"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -70,6 +70,11 @@ _TEETH_LOWER = (0.0, 0.025, 0.075, 0.14, 0.16)
 _TOOTH_WIDTH = 0.17
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
 _IRIS_REACH = 1.15
+# The iris's alpha is whole this far (px) past the sclera painted under it, then fades: a
+# soft edge over that sclera showed as a pale ring round an iris that had not moved.
+_IRIS_OVERLAP = 1.5
+# Lid gaps within this share of the photo's show the iris's rim from the photo.
+_REST_BAND = 0.15
 # Triangles whose box holds more grid samples than this are filled one by one.
 _FILL_SAMPLES = 64
 
@@ -176,14 +181,14 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     # keeps the plate from showing through the person's rim when the head moves.
     alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
     lids, lids_box, lash = _closed_lids(avatar.image, avatar.landmarks, np.vstack(holes[:2]))
-    sclera, irises, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
+    sclera, irises, iris_fills, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
     return {"points": extra.astype(np.float32), "weights": extra_w.astype(np.float32),
             "depths": extra_z.astype(np.float32),
             "outer_triangles": outside, "hole_triangles": np.vstack(holes),
             "person_alpha": np.round(alpha * 255).astype(np.uint8),
             "background": fill_background(avatar.image, alpha),
             "lids": lids, "lids_box": lids_box, "lash_color": lash,
-            "sclera": sclera, "irises": irises, "iris_geometry": iris_geometry}
+            "sclera": sclera, "irises": irises, "iris_fills": iris_fills, "iris_geometry": iris_geometry}
 
 
 def _iris_circle(points: np.ndarray, iris) -> tuple[np.ndarray, float]:
@@ -210,26 +215,34 @@ def _eye_whites(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     return np.median(pixels[luma >= np.percentile(luma, 84)], axis=0)
 
 
-def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The eyes split in two layers, so gaze moves the iris without smearing the sclera:
 
     - the patch ``box`` of the photo with each iris painted over by the sclera around it;
-    - each iris as an RGBA square (2, S, S, 4) centred on it, its hidden parts (under
-      the lids) filled from its visible ones, alpha a soft disc;
-    - per iris its centre and radius in the photo, (2, 3): x, y, r.
+    - each iris as an RGBA square (2, S, S, 4) centred on the photo pixel nearest its
+      centre (a whole-pixel copy: resampled twice, at home too, it blurred), showing the
+      photo between the lids and under them its hidden parts filled from its visible
+      ones, alpha a soft disc;
+    - the same squares with all but the iris's inside filled and alpha just the disc
+      (2, S, S, 4), for lids that have moved;
+    - per iris its centre and radius in the photo and the square's centre pixel,
+      (2, 5): x, y, r, ax, ay.
     """
     x0, y0, x1, y1 = (int(v) for v in box)
     patch = image[y0:y1, x0:x1].astype(np.float32)
     origin = np.array([x0, y0], dtype=np.float64)
     circles = [_iris_circle(points, iris) for iris in (lm.RIGHT_IRIS, lm.LEFT_IRIS)]
-    size = int(np.ceil(2.0 * _IRIS_REACH * max(r for _, r in circles))) + 3 | 1
+    size = int(np.ceil(2.0 * (_IRIS_REACH * max(r for _, r in circles) + _IRIS_OVERLAP + 2.0))) | 1
     irises = np.zeros((2, size, size, 4), np.uint8)
+    fills = np.zeros((2, size, size, 4), np.uint8)
     sclera = patch.copy()
     for k, ((center, radius), ring) in enumerate(zip(circles, _EYE_RINGS.values())):
         opening = np.zeros(patch.shape[:2], np.float32)
         cv2.fillPoly(opening, [np.round((points[list(ring), :2] - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
         inside = opening.copy()
-        opening = cv2.erode(opening, np.ones((3, 3), np.uint8))  # lid edges are not sclera
+        # Lid edges are not sclera; nor is the opening's soft rim painted with it, where the
+        # iris drawn clipped by the same rim would let it through.
+        opening = cv2.erode(opening, np.ones((3, 3), np.uint8))
         disc = np.zeros_like(opening)
         c = center - origin
         cv2.circle(disc, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
@@ -240,20 +253,37 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         if (around > 0.5).sum() >= 4:
             around = around * (luma >= np.percentile(luma[around > 0.5], 66))
         filled = push_pull_fill(sclera, around)
-        cover = (disc * inside)[..., None]  # the lids over the iris stay as they are
+        cover = (disc * opening)[..., None]  # the lids over the iris stay as they are
         sclera = sclera * (1.0 - cover) + filled * cover
         # Iris: its visible pixels, spread under the lids.
         valid = disc * opening
         iris_full = push_pull_fill(patch, valid) if valid.sum() > 1 else patch
+        # Between lids where the photo has them, all that shows is the photo's own pixels,
+        # the iris's rim against lids and sclera included: an eye at rest looks as in the
+        # photo. Lids opened wider show that rim as a line across the iris, so there the
+        # filled-in iris takes over.
+        shown = cv2.dilate(inside, np.ones((3, 3), np.uint8)) > 0
+        at_rest = np.where(shown[..., None], patch, iris_full)
         half = size // 2
-        shift = np.array([[1, 0, half - c[0]], [0, 1, half - c[1]]], dtype=np.float64)
-        rgb = cv2.warpAffine(iris_full, shift, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha = np.zeros((size, size), np.float32)
-        cv2.circle(alpha, (half * 16, half * 16), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
-        alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
-        irises[k] = np.dstack([np.clip(rgb + 0.5, 0, 255), alpha * 255 + 0.5]).astype(np.uint8)
-    geometry = np.array([[*c, r] for c, r in circles], dtype=np.float32)
-    return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, geometry
+        anchor = np.round(c).astype(int)
+        at = tuple(np.round((c - anchor + half) * 16).astype(int))
+        for layers, rgb, reach in ((irises, at_rest, _IRIS_OVERLAP), (fills, iris_full, 0.0)):
+            rgb = _whole_pixel_square(rgb, anchor, size)
+            alpha = np.zeros((size, size), np.float32)
+            cv2.circle(alpha, at, round((radius * _IRIS_REACH + reach) * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+            alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
+            layers[k] = np.dstack([rgb, (alpha * 255 + 0.5).astype(np.uint8)])
+    geometry = np.array([[*c, r, *np.round(c)] for c, r in circles], dtype=np.float32)
+    return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, fills, geometry
+
+
+def _whole_pixel_square(image: np.ndarray, center: np.ndarray, size: int) -> np.ndarray:
+    """The ``size`` x ``size`` square of float ``image`` centred on pixel ``center``
+    (edges repeated past the image's border), uint8."""
+    half = size // 2
+    shift = np.array([[1, 0, half - center[0]], [0, 1, half - center[1]]], dtype=np.float64)
+    out = cv2.warpAffine(image, shift, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def _shut_points(points: np.ndarray) -> np.ndarray:
@@ -498,7 +528,11 @@ class WarpEngine:
         eyes[y0:y1, x0:x1] = data["sclera"]
         self._texture = self._shrink(eyes)
         self._irises = data["irises"]
-        self._iris_radius = data["iris_geometry"][:, 2].astype(np.float64)
+        self._iris_fills = data["iris_fills"]
+        geometry = data["iris_geometry"].astype(np.float64)
+        self._iris_radius = geometry[:, 2]
+        # Where each iris square's centre pixel lies from the iris's centre, in photo pixels.
+        self._iris_anchor = geometry[:, 3:5] - geometry[:, :2]
         down = _image_down(avatar.landmarks)
         self._lid_gap = {s: _lid_gap(avatar.landmarks, s, down) for s in _EYE_RINGS}
         self._lash_color = np.round(data["lash_color"]).astype(np.uint8)
@@ -742,21 +776,23 @@ class WarpEngine:
     def render(self, pose: AvatarPose) -> np.ndarray:
         """The avatar in this pose, RGB uint8 of the framing's output size."""
         down = _image_down(pose.landmarks)  # lids do not move the head's axes
-        shut = self._lid_closure(pose, down)
+        gaps = {side: _lid_gap(pose.landmarks, side, down) / max(self._lid_gap[side], 1e-6) for side in _EYE_RINGS}
+        shut = self._lid_closure(gaps)
         if shut:
             pose = self._pull_lids(pose, shut)
         m, weight = self._dense_map(pose, alpha=True)
         person = cv2.remap(self._texture, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self._draw_irises(person, pose)
+        self._draw_irises(person, pose, gaps)
         self._close_lids(person, m, pose, shut, down)
         self._fill_mouth(person, pose)
         return self._composite(person, weight)
 
-    def _draw_irises(self, image: np.ndarray, pose: AvatarPose) -> None:
-        """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave."""
+    def _draw_irises(self, image: np.ndarray, pose: AvatarPose, gaps: dict[str, float]) -> None:
+        """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave
+        (``gaps``: each eye's lid gap over the photo's)."""
         h, w = image.shape[:2]
         half = self._irises.shape[1] // 2
-        for k, (iris, ring) in enumerate(zip(_IRIS_IDS, _EYE_RING_IDS.values())):
+        for k, (side, iris, ring) in enumerate(zip(_EYE_RINGS, _IRIS_IDS, _EYE_RING_IDS.values())):
             pts = self.framing.to_output(pose.xy[ring])
             x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int) - 1, 0)
             x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 2, [w, h])
@@ -764,9 +800,15 @@ class WarpEngine:
                 continue
             center, radius = _iris_circle(pose.landmarks, iris)
             scale = radius / max(self._iris_radius[k], 1e-6) / self.framing.scale
-            c = self.framing.to_output(center) - (x0, y0)
-            place = np.array([[scale, 0, c[0] - scale * half], [0, scale, c[1] - scale * half]])
-            rgba = cv2.warpAffine(self._irises[k], place, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+            c = self.framing.to_output(center) - (x0, y0) + scale * (self._iris_anchor[k] - half)
+            place = np.array([[scale, 0, c[0]], [0, scale, c[1]]])
+            # The photo's own rim of the iris while the lids are about where the photo has
+            # them, the filled-in iris as they move away.
+            rest = float(np.clip(1.0 - abs(gaps[side] - 1.0) / _REST_BAND, 0.0, 1.0))
+            square = self._irises[k]
+            if rest < 1.0:
+                square = cv2.addWeighted(square, rest, self._iris_fills[k], 1.0 - rest, 0.0)
+            rgba = cv2.warpAffine(square, place, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             # Iris alpha times the opening, and the blend, in uint8 with OpenCV's
             # saturating arithmetic: numpy's float math costs more on patches this small.
@@ -778,11 +820,12 @@ class WarpEngine:
             front = cv2.multiply(np.ascontiguousarray(rgba[..., :3]), alpha, scale=1.0 / 255.0)
             roi[:] = cv2.add(front, cv2.multiply(roi, cv2.bitwise_not(alpha), scale=1.0 / 255.0))
 
-    def _lid_closure(self, pose: AvatarPose, down: np.ndarray) -> dict[str, float]:
-        """How far each eye is shut, 0..1, for the eyes whose lids are closing."""
+    @staticmethod
+    def _lid_closure(gaps: dict[str, float]) -> dict[str, float]:
+        """How far each eye is shut, 0..1, for the eyes whose lids are closing (``gaps``:
+        each eye's lid gap over the photo's)."""
         shut = {}
-        for side in _EYE_RINGS:
-            ratio = _lid_gap(pose.landmarks, side, down) / max(self._lid_gap[side], 1e-6)
+        for side, ratio in gaps.items():
             closed = float(np.clip((_LID_START - ratio) / (_LID_START - _LID_FULL), 0.0, 1.0))
             if closed > 0.0:
                 shut[side] = closed
