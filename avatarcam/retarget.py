@@ -250,11 +250,14 @@ class Retargeter:
                 mid = 0.5 * (points[u] + points[lo])
                 points[u] = mid
                 points[lo] = mid
+            # The iris moves as one disc, its centre kept between the lids: clipping each
+            # rim point squashed it, and a photo's iris runs under its lids, so the avatar's
+            # iris came out smaller than the photo's when nothing had moved.
             top = float((points[upper] @ down).min())
             bottom = float((points[lower] @ down).max())
-            depth = points[iris] @ down
-            clipped = np.clip(depth, min(top, bottom), max(top, bottom))
-            points[iris] += np.outer(clipped - depth, down)
+            depth = float(points[iris[0]] @ down)
+            clipped = float(np.clip(depth, min(top, bottom), max(top, bottom)))
+            points[iris] += (clipped - depth) * down
         return points
 
     def _keep_lips_apart(self, points: np.ndarray) -> np.ndarray:
