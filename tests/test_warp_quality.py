@@ -194,7 +194,7 @@ def test_narrowed_eyes_read_as_narrowed(astronaut_avatar):
 
 
 @pytest.mark.shared
-def test_portraits_narrowed_eyes_read_as_narrowed(shared_data, astronaut_avatar):
+def test_portraits_narrowed_eyes_read_as_narrowed(shared_data):
     avatar, _ = prepare([shared_data / "portraits" / "woman_photo__sadtalker_people_0.png"])
     assert _narrowing_response(avatar, avatar.landmarks) < 0.84
 

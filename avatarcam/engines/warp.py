@@ -16,8 +16,9 @@ Layers, all made once at prepare time: the person (MediaPipe selfie segmentation
 warped with its soft alpha over a background plate filled in behind them, so a moving
 head reveals background, not smeared pixels (where nothing moved, the photo itself
 shows). The irises are their own layer over an eye texture showing sclera only, so gaze
-moves them without smearing the eye. Closing eyes blend in a lid texture (painted for
-shut eyes, then squeezed into the lid band the warp stretches over them) instead of
+moves them without smearing the eye; at rest they show the photo's own pixels. A
+narrowing eye is shaded under its upper lid. Closing eyes blend in a lid texture (painted
+for shut eyes, then squeezed into the lid band the warp stretches over them) instead of
 stretching the lashes, their lids are pulled the last way shut onto a smooth arc, and a
 lash line is drawn along it; an open mouth gets a dark cavity and shaded teeth where the
 driver shows teeth.
