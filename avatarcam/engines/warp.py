@@ -825,6 +825,13 @@ class WarpEngine:
             front = cv2.multiply(np.ascontiguousarray(rgba[..., :3]), alpha, scale=1.0 / 255.0)
             roi[:] = cv2.add(front, cv2.multiply(roi, cv2.bitwise_not(alpha), scale=1.0 / 255.0))
 
+    def _upper_lid_edge(self, pose: AvatarPose, side: str) -> np.ndarray:
+        """One eye's upper lid edge as a smooth arc from corner to corner, 16 points in
+        output pixels."""
+        a, b = self.framing.to_output(pose.xy[lm.EYE_CORNER_IDS[side]])
+        upper = self.framing.to_output(pose.xy[lm.LID_IDS[side][0]])
+        return _lid_arc(a, b, upper, np.linspace(0.0, 1.0, 16))
+
     def _shade_lids(self, image: np.ndarray, pose: AvatarPose, gaps: dict[str, float]) -> None:
         """Darken each narrowing eye's opening just under its upper lid, as the lid and its
         lashes shade a real one, the more the narrower it is. Without it a narrowed eye,
@@ -841,9 +848,7 @@ class WarpEngine:
             if x1 - x0 < 3 or y1 - y0 < 3:
                 continue
             origin = np.array([x0, y0])
-            a, b = self.framing.to_output(pose.xy[lm.EYE_CORNER_IDS[side]]) - origin
-            upper = self.framing.to_output(pose.xy[lm.LID_IDS[side][0]]) - origin
-            edge = _lid_arc(a, b, upper, np.linspace(0.0, 1.0, 16))
+            edge = self._upper_lid_edge(pose, side) - origin
             reach = max(1, round(_LID_SHADOW_WIDTH * narrow * self._lid_gap[side] / self.framing.scale))
             shadow = np.zeros((y1 - y0, x1 - x0), np.float32)
             cv2.polylines(shadow, [np.round(edge * 16).astype(np.int32)], False, 1.0, 2 * reach, cv2.LINE_AA, shift=4)
@@ -896,9 +901,7 @@ class WarpEngine:
             if x1 <= x0 or y1 <= y0:
                 continue
             lid = cv2.remap(self._lids, m[y0:y1, x0:x1], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            a, b = self.framing.to_output(pose.xy[lm.EYE_CORNER_IDS[side]]) - (x0, y0)
-            upper = self.framing.to_output(pose.xy[lm.LID_IDS[side][0]]) - (x0, y0)
-            edge = _lid_arc(a, b, upper, np.linspace(0.0, 1.0, 16))
+            edge = self._upper_lid_edge(pose, side) - (x0, y0)
             ink = self._lash_ink(edge, (y1 - y0, x1 - x0), size, down)
             lash = np.empty_like(lid)
             lash[:] = self._lash_color
