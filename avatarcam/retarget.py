@@ -45,9 +45,10 @@ _PARTED = 0.03
 # (At 0.12 it also caught a clip whose first frames look down, 0.1 for half a second:
 # the neutral then came from another pose, and its self-reenactment error rose by half.)
 _SHUT_EYES, _NEUTRAL_WAIT_S = 0.07, 0.5
-# A neutral with eyes narrower than this takes its eyes from the first face within
-# _NEUTRAL_WAIT_S whose eyes are _EYES_OPENED times as open.
-_NARROW_EYES, _EYES_OPENED = 0.15, 1.3
+# A neutral with eyes narrower than this, driving a portrait whose eyes are not, takes its
+# eyes from the first face within _NARROW_WAIT_S whose eyes are _EYES_OPENED times as open
+# (a driver who starts looking down at the keyboard looks up a second or two later).
+_NARROW_EYES, _EYES_OPENED, _NARROW_WAIT_S = 0.15, 1.3, 3.0
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
 # Time constant (s) of the smoothing of how much teeth the driver shows.
 _TEETH_S = 0.06
@@ -95,6 +96,7 @@ class Retargeter:
         self._center = self.avatar[_STABLE].mean(axis=0)
         self._stable_2d = self.avatar[_STABLE, :2].copy()
         self._axes = lm.head_axes(self.avatar)  # columns: the avatar face's right/down/forward
+        self._photo_eyes = lm.eye_opening(self.avatar)
         # The portrait's own lip gap (a photo may show parted lips or teeth).
         self._photo_gap = max(0.0, float((self.avatar[lm.LOWER_LIP_MID] - self.avatar[lm.UPPER_LIP_MID]) @ self._axes[:, 1]))
         self._upright_edges, self._edge_floor, self._drop_lower = self._lower_face_edges()
@@ -144,7 +146,8 @@ class Retargeter:
         closed = _PARTED * lm.mouth_width(driver)
         self._closed_gap = min(self._neutral_gap, closed)
         self._parted_neutral = self._neutral_gap > closed
-        self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES
+        # A portrait with narrow eyes of its own matches a narrow-eyed neutral as it is.
+        self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES <= self._photo_eyes
 
     def _scale_eyes(self) -> None:
         """Eye motion scales to the avatar's eye size (from the neutral's eyes)."""
@@ -158,9 +161,9 @@ class Retargeter:
         self._shut_eye = {side: _SHUT_GAP * lm.eye_width(self.neutral, side) for side in ("right", "left")}
 
     def _open_neutral_eyes(self, driver: np.ndarray) -> None:
-        """A neutral whose eyes were half shut (a blink starting or ending) takes its eyes
-        from a face seen soon after with them clearly more open: measured from half-shut
-        eyes, every open eye would look wide open on the avatar."""
+        """A neutral whose eyes were half shut (a blink starting or ending, a look down)
+        takes its eyes from a face seen soon after with them clearly more open: measured
+        from half-shut eyes, every open eye would look wide open on the avatar."""
         assert self.neutral is not None
         if lm.eye_opening(driver) < _EYES_OPENED * lm.eye_opening(self.neutral):
             return
@@ -324,7 +327,7 @@ class Retargeter:
                     return self.pose(self._current, self._teeth)
                 self.set_neutral(face.landmarks)
                 self._neutral_since = now
-            elif self._narrow_neutral and now - self._neutral_since <= _NEUTRAL_WAIT_S:
+            elif self._narrow_neutral and now - self._neutral_since <= _NARROW_WAIT_S:
                 self._open_neutral_eyes(face.landmarks)
             goal = self.target(face.landmarks)
             if self._recovering:
