@@ -476,6 +476,28 @@ def test_teeth_of_a_mouth_seen_three_quarters_stay_along_its_lips(shared_data):
         assert far.max() < reach * mouth + 3.0  # never further from its lip than a tooth is long
 
 
+@pytest.mark.shared
+def test_teeth_of_a_mouth_seen_three_quarters_bite_along_a_smooth_arch(shared_data):
+    """Vermeer's girl's parted lips, seen three-quarters, kink where they curl into the far
+    corner: teeth whose biting edge followed the lip's edge zig-zagged with it (the upper
+    row's edge 0.031 and 0.052 mouth widths off its best-fitting arch at the two openings
+    below); teeth are rigid, and now bite along the lips' arch."""
+    avatar, _ = prepare([shared_data / "portraits" / "vermeer_girl_pearl_earring__liveportrait_s10.jpg"])
+    driver, retarget, engine = warp_rig(avatar, shut_lips(avatar.landmarks))
+    for amount in (0.2, 0.3):
+        target = retarget.target(open_mouth(driver, amount))
+        dark = engine.render(retarget.pose(target)).astype(float).mean(axis=2)
+        image = engine.render(retarget.pose(target, teeth=(1.0, 0.0))).astype(float).mean(axis=2)
+        shown = image - dark > 25  # the upper row's pixels
+        left, right = np.sort(target[list(lm.MOUTH_CORNERS), 0])
+        columns = np.arange(int(left + 0.15 * (right - left)), int(right - 0.15 * (right - left)))
+        edge = np.array([np.nonzero(shown[:, x])[0].max() if shown[:, x].any() else np.nan for x in columns])
+        found = np.isfinite(edge)
+        assert found.mean() > 0.9
+        arch = np.polyval(np.polyfit(columns[found], edge[found], 2), columns[found])
+        assert np.abs(edge[found] - arch).max() < 0.02 * lm.mouth_width(target)
+
+
 def _teeth_reach(image, points):
     """How far teeth reach from the upper and from the lower inner lip along the middle of
     an open mouth (pixels brighter than the lips), in mouth widths."""

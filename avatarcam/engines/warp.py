@@ -67,6 +67,10 @@ _LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
 _TEETH_GAPS = (0.0, 0.1, 0.22, 0.4, 0.65)
 _TEETH_UPPER = (0.0, 0.08, 0.1, 0.12, 0.19)
 _TEETH_LOWER = (0.0, 0.025, 0.075, 0.14, 0.16)
+# A biting edge lies at most this many mouth widths further from its lip than the teeth
+# are long (a lip drawn back shows more of a tooth; a lip shaped unlike an arch, as a mouth
+# opened wide seen three-quarters is, would show all of one).
+_BITE_SLACK = 0.05
 # Width of one front tooth, in half mouth widths.
 _TOOTH_WIDTH = 0.17
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
@@ -996,8 +1000,19 @@ class WarpEngine:
             order = np.argsort(es, kind="stable")
             return np.interp(s, es[order], et[order]).astype(np.float32)
 
+        def arch_of(edge: np.ndarray, s: np.ndarray) -> np.ndarray:
+            """The smooth arch (a parabola) that a lip edge follows, corners included."""
+            edge = np.vstack([top[:1], edge, top[-1:]])
+            es, et = (edge - mid) @ along / width, (edge - mid) @ across
+            a, b, c = np.linalg.lstsq(np.stack([es * es, es, np.ones_like(es)], axis=1), et, rcond=None)[0]
+            x = s / np.float32(width)
+            return ((a * x + b) * x + c).astype(np.float32)
+
         t_top, t_bottom = lip_edge(top, s_px), lip_edge(bottom, s_px)
-        gap = np.maximum(t_bottom - t_top, 0.0)
+        # Teeth are rigid: their biting edges follow the arch of the lips, not each kink of
+        # a lip's edge (the lips of a mouth seen three-quarters zig-zagged the row).
+        a_top, a_bottom = arch_of(top, s_px), arch_of(bottom, s_px)
+        gap = np.maximum(a_bottom - a_top, 0.0)
         opening = max(float(lip_edge(bottom, np.zeros(1))[0] - lip_edge(top, np.zeros(1))[0]), 0.0) / mouth
         u = s_px / (0.5 * width)  # -1..1 from one mouth corner to the other
         arch = np.sqrt(np.clip(1.0 - (np.abs(u) / 0.92) ** 3, 0.0, 1.0))
@@ -1008,25 +1023,34 @@ class WarpEngine:
         rounded = 1.0 - 1.6 * squared * squared  # 1 mid-tooth, 0.9 at its sides
         teeth = np.zeros(fill.shape[:2], np.float32)
         tone = np.ones(fill.shape[:2], np.float32)
+        tips = np.zeros(fill.shape[:2], np.float32)
         # Each row reaches from its lip into the mouth, but never across it: however wide the
         # teeth show, a dark gap stays between the rows (a solid pale bar reads as a third lip).
-        for t_edge, amount, shown, share, sign in ((t_top, upper, _TEETH_UPPER, 0.55, 1.0),
-                                                   (t_bottom, lower, _TEETH_LOWER, 0.35, -1.0)):
+        for t_edge, t_arch, amount, shown, share, sign in ((t_top, a_top, upper, _TEETH_UPPER, 0.55, 1.0),
+                                                           (t_bottom, a_bottom, lower, _TEETH_LOWER, 0.35, -1.0)):
             if amount <= 0.05:
                 continue
             reach = float(np.interp(opening, _TEETH_GAPS, shown)) * min(1.0, amount) * mouth
             length = np.minimum(reach * arch * rounded, share * gap)
             depth = sign * (t_px - t_edge)  # pixels into the mouth from this lip
-            row = np.clip(depth + 1.0, 0.0, 1.0) * np.clip(length - depth + 0.5, 0.0, 1.0)
-            # A little in the lip's shadow just under it.
-            shade = 0.9 + 0.1 * np.clip(depth / np.maximum(0.3 * length, 1e-3), 0.0, 1.0)
-            tone = np.where(row > teeth, shade, tone)
+            # Pixels short of the biting edge, which lies at most _BITE_SLACK mouth widths
+            # further from the lip than the teeth are long.
+            bite = np.minimum(length - sign * (t_px - t_arch), length + _BITE_SLACK * mouth - depth)
+            row = np.clip(depth + 1.0, 0.0, 1.0) * np.clip(bite + 0.5, 0.0, 1.0)
+            # A little in the lip's shadow just under it, and a little translucent, so
+            # darker, along the biting edge.
+            into = np.clip(1.0 - bite / np.maximum(length, 1e-3), 0.0, 1.0)
+            shade = (0.88 + 0.12 * np.clip(into / 0.3, 0.0, 1.0)) * (1.0 - 0.12 * np.clip((into - 0.8) / 0.2, 0.0, 1.0))
+            nearer = row > teeth
+            tone = np.where(nearer, shade, tone)
+            tips = np.where(nearer, into, tips)
             teeth = np.maximum(teeth, row)
         # Shading: darker towards the mouth corners, where the teeth curve away into the
-        # cavity, with faint gaps between the teeth; softened a little.
+        # cavity, with thin shaded gaps between the teeth, plainest at their tips; softened
+        # a little.
         light = 0.7 + 0.3 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
-        between = np.abs(across_tooth) - 0.5
-        light *= 1.0 - 0.06 * np.exp(-250.0 * between * between)
+        between = (np.abs(across_tooth) - 0.5) * _TOOTH_WIDTH * 0.5 * width  # pixels from a gap
+        light *= 1.0 - (0.03 + 0.09 * tips) * np.exp(-between * between)
         teeth = cv2.GaussianBlur(teeth, (3, 3), 0)[..., None]
         color = self._teeth_color[None, None, :] * (light * tone)[..., None]
         fill[:] = fill * (1.0 - teeth) + color * teeth
