@@ -96,7 +96,6 @@ class Retargeter:
         self._center = self.avatar[_STABLE].mean(axis=0)
         self._stable_2d = self.avatar[_STABLE, :2].copy()
         self._axes = lm.head_axes(self.avatar)  # columns: the avatar face's right/down/forward
-        self._photo_eyes = lm.eye_opening(self.avatar)
         # The portrait's own lip gap (a photo may show parted lips or teeth).
         self._photo_gap = max(0.0, float((self.avatar[lm.LOWER_LIP_MID] - self.avatar[lm.UPPER_LIP_MID]) @ self._axes[:, 1]))
         self._upright_edges, self._edge_floor, self._drop_lower = self._lower_face_edges()
@@ -147,7 +146,7 @@ class Retargeter:
         self._closed_gap = min(self._neutral_gap, closed)
         self._parted_neutral = self._neutral_gap > closed
         # A portrait with narrow eyes of its own matches a narrow-eyed neutral as it is.
-        self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES <= self._photo_eyes
+        self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES <= lm.eye_opening(self.avatar)
 
     def _scale_eyes(self) -> None:
         """Eye motion scales to the avatar's eye size (from the neutral's eyes)."""
