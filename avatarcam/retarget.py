@@ -3,10 +3,11 @@
 The driver's landmarks are split into a rigid head motion (similarity fitted on points
 that expressions barely move) and a residual expression. The expression is measured in
 the driver's own neutral frame, rotated into the avatar's frame and rescaled part by part
-to the avatar's proportions (eyes by eye size, mouth by mouth width, the rest by face
-size), so a wide-faced driver moves a narrow-faced portrait without widening it. Lids and
-lips may close but never cross, and no upright mesh edge around the mouth folds over. The
-head motion is then applied to the avatar's own 3D landmarks.
+to the avatar's proportions (eyes by eye size, the mouth's width by mouth width and its
+opening by face height, the rest by face size), so a wide-faced driver moves a
+narrow-faced portrait without widening it. Lids and lips may close but never cross, and
+no upright mesh edge around the mouth folds over. The head motion is then applied to the
+avatar's own 3D landmarks.
 """
 from __future__ import annotations
 
@@ -133,8 +134,12 @@ class Retargeter:
         face = (_ratio(p["face_width"], s * lm.face_width(driver)), _ratio(p["face_height"], s * lm.face_height(driver)))
         scale = np.empty((lm.NUM_LANDMARKS, 3))
         scale[:] = (face[0], face[1], face[0])
+        # The mouth's width and shape scale with its width, its opening with the face's
+        # height: lips part as the jaw drops, and a jaw is as long as the face. Scaled by
+        # mouth width, a small-mouthed child opening wide gave a wide-mouthed portrait a
+        # gap a third taller (in face heights) than the child's, down to the collar.
         m = _ratio(p["mouth_width"], s * lm.mouth_width(driver))
-        scale[_MOUTH] = (m, m, m)
+        scale[_MOUTH] = (m, face[1], m)
         self._local_scale = scale
         self._scale_eyes()
         self._driver_down = lm.head_axes(driver)[:, 1]

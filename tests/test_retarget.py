@@ -23,6 +23,36 @@ def _lip_gaps(points, down):
     return (points[lower] - points[upper]) @ down
 
 
+def test_a_small_mouth_opens_a_wide_one_by_its_jaw_and_widens_it_by_its_width(grace_avatar, astronaut_avatar):
+    """Lips part as the jaw drops, and a jaw is as long as the face: a driver whose mouth
+    is 0.7 times as wide (a child's), dropping its jaw by a tenth of its face's height,
+    parts the portrait's lips by as much of its face as a wide-mouthed driver's same drop.
+    Scaled by mouth width, the small mouth's gap came out 1.4 times as tall (a child's
+    wide-open mouth dropped Obama's jaw to his collar). A smile still widens the mouth by
+    the same share of its own width, whatever the driver's mouth."""
+    wide = shut_lips(astronaut_avatar.landmarks)
+    small = wide.copy()
+    mouth = list(lm.MOUTH)
+    middle = small[mouth, 0].mean()
+    small[mouth, 0] = middle + 0.7 * (small[mouth, 0] - middle)
+    gaps, widths = [], []
+    for driver in (wide, small):
+        retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+        retarget.set_neutral(driver)
+        opened = driver.copy()
+        opened[list(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER + (17, lm.CHIN)), 1] += 0.1 * lm.face_height(driver)
+        target = retarget.target(opened)
+        gaps.append(lm._dist(target, lm.UPPER_LIP_MID, lm.LOWER_LIP_MID) / lm.face_height(target))
+        smiling = driver.copy()
+        for corner, side in zip(lm.MOUTH_CORNERS, (-1, 1)):
+            smiling[corner, 0] += side * 0.05 * lm.mouth_width(driver)
+        widths.append(lm.mouth_width(retarget.target(smiling)) / lm.mouth_width(grace_avatar.landmarks))
+    assert gaps[0] > 0.07
+    assert gaps[1] == pytest.approx(gaps[0], rel=0.08)
+    assert widths[0] > 1.05
+    assert widths[1] == pytest.approx(widths[0], rel=0.02)
+
+
 def test_neutral_taken_mid_word_closes_the_mouth_without_crossing_the_lips(grace_avatar, astronaut_avatar):
     closed = shut_lips(astronaut_avatar.landmarks)
     retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
