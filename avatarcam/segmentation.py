@@ -86,3 +86,50 @@ def push_pull_fill(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         mean = img / np.maximum(weight, 1e-6)[..., None]
         filled = known * mean + (1.0 - known) * up
     return filled
+
+
+_NEIGHBOURS = np.array([[0.0, 0.25, 0.0], [0.25, 0.0, 0.25], [0.0, 0.25, 0.0]], np.float32)
+
+
+def membrane_fill(image: np.ndarray, unknown: np.ndarray, sweeps: int = 40) -> np.ndarray:
+    """Fill the pixels where ``unknown`` is true with the smoothest surface that meets the
+    known pixels around them (each filled pixel the mean of its four neighbours), so the
+    fill joins its surroundings without an edge, unlike :func:`push_pull_fill`'s. float32
+    in and out; only the box around the unknown pixels is worked on.
+
+    Solved coarse to fine: each level is relaxed by ``sweeps`` Jacobi sweeps from the one
+    below it, upsampled, so a hole of any size costs a few times its area."""
+    out = image.astype(np.float32)
+    ys, xs = np.nonzero(unknown)
+    if len(ys) in (0, unknown.size):
+        return out
+    h, w = unknown.shape
+    # A margin a quarter of the hole's size keeps known pixels around it on coarse levels.
+    m = 2 + max(ys.max() - ys.min(), xs.max() - xs.min()) // 4
+    y0, y1 = max(ys.min() - m, 0), min(ys.max() + m + 1, h)
+    x0, x1 = max(xs.min() - m, 0), min(xs.max() + m + 1, w)
+    box = np.s_[y0:y1, x0:x1]
+    out[box] = _relax(out[box], np.ascontiguousarray(unknown[box]), sweeps)
+    return out
+
+
+def _relax(image: np.ndarray, unknown: np.ndarray, sweeps: int) -> np.ndarray:
+    known = (~unknown).astype(np.float32)
+    shape = unknown.shape + (1,) * (image.ndim - 2)
+    start = None
+    if min(unknown.shape) > 8:
+        # A coarse pixel is known where at least half the fine pixels it averages are: their mean.
+        # (Only where all are, a level often had none; from any, the means lean off the hole.)
+        weight = cv2.pyrDown(known)
+        if (weight > 0.5).any():
+            coarse = cv2.pyrDown(image * known.reshape(shape)) / np.maximum(weight, 1e-3).reshape(weight.shape + shape[2:])
+            coarse = _relax(coarse, weight <= 0.5, sweeps)
+            start = cv2.pyrUp(coarse, dstsize=(image.shape[1], image.shape[0])).reshape(image.shape)
+    if start is None:
+        start = np.broadcast_to(image[~unknown].mean(axis=0), image.shape)
+    out = image.copy()
+    out[unknown] = start[unknown]
+    for _ in range(sweeps):
+        around = cv2.filter2D(out, -1, _NEIGHBOURS, borderType=cv2.BORDER_REPLICATE)
+        out[unknown] = around[unknown]
+    return out

@@ -350,6 +350,51 @@ def test_gaze_moves_the_iris_within_the_eye(grace_rig):
         assert moved > 0.05 * eye_w
 
 
+def _uncovered_edge_step(avatar, image, moved):
+    """Mean colour step (grey levels, over channels) across the edge of each photo iris's
+    circle where gaze has taken the iris away: 2 px inside it against 2 px outside, on
+    points well inside the eye opening and clear of the moved iris."""
+    from avatarcam.engines.warp import _EYE_RINGS, _IRIS_IDS, _IRIS_REACH, _iris_circle
+
+    image = image.astype(float)
+    steps = []
+    for iris, ring in zip(_IRIS_IDS, _EYE_RINGS.values()):
+        (c, r), (now, _) = _iris_circle(avatar.landmarks, iris), _iris_circle(moved, iris)
+        opening = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(opening, [np.round(avatar.landmarks[list(ring), :2]).astype(np.int32)], 1)
+        opening = cv2.erode(opening, np.ones((5, 5), np.uint8))
+        edge = _IRIS_REACH * r
+        for t in np.linspace(0.0, 2.0 * np.pi, 120, endpoint=False):
+            u = np.array([np.cos(t), np.sin(t)])
+            a, b = (np.round(c + (edge + d) * u).astype(int) for d in (-2.0, 2.0))
+            if all(opening[y, x] and np.linalg.norm((x, y) - now) > 1.3 * edge for x, y in (a, b)):
+                steps.append(np.abs(image[a[1], a[0]] - image[b[1], b[0]]).mean())
+    assert len(steps) >= 10
+    return float(np.mean(steps))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("portrait", ["einstein_bw_photo__avatarify_einstein.jpg", "obama_official__avatarify_obama.jpg",
+                                      "vermeer_girl_pearl_earring__liveportrait_s10.jpg"])
+def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, portrait):
+    """Irises looking 0.8 of their radius to either side uncover eye white with no edge where
+    they were: it was filled with one flat colour, a grey or bright patch with a hard rim
+    (steps of 45-62 grey levels across it; now 13-25)."""
+    from avatarcam.engines.warp import _IRIS_IDS, _iris_circle
+    from avatarcam.retarget import AvatarPose
+
+    avatar, _ = prepare([shared_data / "portraits" / portrait])
+    engine = WarpEngine(avatar)
+    points = avatar.landmarks
+    for sign in (-1.0, 1.0):
+        moved = points.copy()
+        for iris, side in zip(_IRIS_IDS, ("right", "left")):
+            a, b = points[lm.EYE_CORNER_IDS[side], :2]
+            moved[iris, :2] += sign * 0.8 * _iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
+        image = engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])))
+        assert _uncovered_edge_step(avatar, image, moved) < 30
+
+
 # -- mouth ---------------------------------------------------------------------------------
 def _mouth_regions(found):
     """Pixel positions just below the upper inner lip, just above the lower inner lip, and

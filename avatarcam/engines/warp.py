@@ -35,9 +35,9 @@ from avatarcam.avatar import Avatar
 from avatarcam.framing import Framing
 from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
-from avatarcam.segmentation import fill_background, person_mask, push_pull_fill
+from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-6"
+VERSION = "warp-7"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -75,6 +75,8 @@ _BITE_SLACK = 0.05
 _TOOTH_WIDTH = 0.17
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
 _IRIS_REACH = 1.15
+# Dark pixels of the eye opening within this many iris radii are the iris's rim, not sclera.
+_IRIS_BEYOND = 1.5
 # The iris's alpha is whole this far (px) past the sclera painted under it, then fades: a
 # soft edge over that sclera showed as a pale ring round an iris that had not moved.
 _IRIS_OVERLAP = 1.5
@@ -244,6 +246,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
     irises = np.zeros((2, size, size, 4), np.uint8)
     fills = np.zeros((2, size, size, 4), np.uint8)
     sclera = patch.copy()
+    luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
     for k, ((center, radius), ring) in enumerate(zip(circles, _EYE_RINGS.values())):
         opening = np.zeros(patch.shape[:2], np.float32)
         cv2.fillPoly(opening, [np.round((points[list(ring), :2] - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
@@ -254,14 +257,20 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         disc = np.zeros_like(opening)
         c = center - origin
         cv2.circle(disc, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
-        # Sclera: the brighter half of the opening outside the iris (not lashes or lid
-        # shadow), spread over the iris.
-        around = opening * (1.0 - np.clip(disc * 2, 0, 1))
-        luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
-        if (around > 0.5).sum() >= 4:
-            around = around * (luma >= np.percentile(luma[around > 0.5], 66))
-        filled = push_pull_fill(sclera, around)
-        cover = (disc * opening)[..., None]  # the lids over the iris stay as they are
+        beyond = np.zeros_like(opening)
+        cv2.circle(beyond, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_BEYOND * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+        # Under the iris, the smoothest surface that meets the sclera and lids around it
+        # (darker towards the lids, as an eyeball is): a flat fill showed as a grey or bright
+        # patch with a hard rim once the iris moved. The iris's dark rim that Face Mesh's
+        # circle misses is filled too, not met. The lid edges over the iris stay the photo's,
+        # which the iris, clipped by the lids, lets through at rest.
+        white = opening * (disc < 0.5)
+        hidden = (disc * opening) > 0.5
+        if (white > 0.5).sum() >= 4:
+            rim = (beyond * opening > 0.5) & (luma < np.median(luma[white > 0.5]))
+            hidden |= rim
+        filled = membrane_fill(sclera, hidden)
+        cover = np.maximum(disc * opening, hidden)[..., None]
         sclera = sclera * (1.0 - cover) + filled * cover
         # Iris: its visible pixels, spread under the lids.
         valid = disc * opening
