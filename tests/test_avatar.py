@@ -112,3 +112,28 @@ def test_unwritable_cache_does_not_stop_the_avatar(tmp_path, grace_path):
     avatar, cache = prepare([grace_path], blocker / "cache")
     assert avatar.landmarks.shape == (478, 3)
     assert not os.path.exists(blocker / "cache")
+
+
+@pytest.mark.parametrize("hole", ["disc", "eye", "corner"])
+def test_membrane_fill_meets_its_surroundings_without_an_edge(hole):
+    """The fill under an iris is the smoothest surface through the pixels around the hole:
+    shading that changes evenly across it (a plane) is carried through to within a grey
+    level on holes of an iris's size and shape; at the image's edge, where only part of the
+    hole's rim is known, it stays within the values it meets. No known pixel changes."""
+    from avatarcam.segmentation import membrane_fill
+
+    ys, xs = np.mgrid[0:120, 0:200].astype(np.float32)
+    shading = np.dstack([0.5 * xs + 0.2 * ys, np.full_like(xs, 100.0), 200.0 - ys])
+    unknown = {"disc": (xs - 100) ** 2 + (ys - 60) ** 2 < 45 ** 2,
+               "eye": (xs - 100) ** 2 / 4 + (ys - 60) ** 2 < 14 ** 2,
+               "corner": (xs < 30) & (ys < 40)}[hole]
+    damaged = shading.copy()
+    damaged[unknown] = 0.0
+    filled = membrane_fill(damaged, unknown)
+    assert np.array_equal(filled[~unknown], shading[~unknown])
+    if hole == "corner":
+        rim = cv2.dilate(unknown.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~unknown
+        assert (filled[unknown] >= shading[rim].min(axis=0) - 0.5).all()
+        assert (filled[unknown] <= shading[rim].max(axis=0) + 0.5).all()
+    else:
+        assert np.abs(filled - shading)[unknown].max() < 1.0
