@@ -118,8 +118,9 @@ def _relax(image: np.ndarray, unknown: np.ndarray, sweeps: int) -> np.ndarray:
     shape = unknown.shape + (1,) * (image.ndim - 2)
     start = None
     if min(unknown.shape) > 8:
-        # A coarse pixel is known where at least half the fine pixels it averages are: their mean.
-        # (Only where all are, a level often had none; from any, the means lean off the hole.)
+        # A coarse pixel is known where at least half the fine pixels it averages are, as
+        # their mean (known only where all are, a level often had none; where any is, the
+        # means lean away from the hole).
         weight = cv2.pyrDown(known)
         if (weight > 0.5).any():
             coarse = cv2.pyrDown(image * known.reshape(shape)) / np.maximum(weight, 1e-3).reshape(weight.shape + shape[2:])
