@@ -42,7 +42,7 @@ def test_a_small_mouth_opens_a_wide_one_by_its_jaw_and_widens_it_by_its_width(gr
         opened = driver.copy()
         opened[list(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER + (17, lm.CHIN)), 1] += 0.1 * lm.face_height(driver)
         target = retarget.target(opened)
-        gaps.append(lm._dist(target, lm.UPPER_LIP_MID, lm.LOWER_LIP_MID) / lm.face_height(target))
+        gaps.append(lm.mouth_opening(target) * lm.mouth_width(target) / lm.face_height(target))
         smiling = driver.copy()
         for corner, side in zip(lm.MOUTH_CORNERS, (-1, 1)):
             smiling[corner, 0] += side * 0.05 * lm.mouth_width(driver)

@@ -264,11 +264,10 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         # patch with a hard rim once the iris moved. The iris's dark rim that Face Mesh's
         # circle misses is filled too, not met. The lid edges over the iris stay the photo's,
         # which the iris, clipped by the lids, lets through at rest.
-        white = opening * (disc < 0.5)
+        white = (opening > 0.5) & (disc < 0.5)
         hidden = (disc * opening) > 0.5
-        if (white > 0.5).sum() >= 4:
-            rim = (beyond * opening > 0.5) & (luma < np.median(luma[white > 0.5]))
-            hidden |= rim
+        if white.sum() >= 4:
+            hidden |= (beyond * opening > 0.5) & (luma < np.median(luma[white]))
         filled = membrane_fill(sclera, hidden)
         cover = np.maximum(disc * opening, hidden)[..., None]
         sclera = sclera * (1.0 - cover) + filled * cover
