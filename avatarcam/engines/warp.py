@@ -586,7 +586,10 @@ class WarpEngine:
         # Output pixel of grid sample g: (g + 0.5) * step - 0.5.
         self._grid_origin = 0.5 * step - 0.5
         out_xy = np.stack([gx, gy], axis=-1).astype(np.float64) * step + self._grid_origin
-        self._identity_tex = (self.framing.to_avatar(out_xy) * self._tex_scale).astype(np.float32)
+        in_photo = self.framing.to_avatar(out_xy)
+        self._identity_tex = (in_photo * self._tex_scale).astype(np.float32)
+        aw, ah = avatar.size
+        self._inside_photo = ((in_photo >= 0) & (in_photo <= (aw - 1, ah - 1))).all(axis=-1)
         # The same as an affine map on grid coordinates (row 2 is the constant), in
         # texture pixels: the last entry of each frame's map table, so ids of -1 pick it.
         s = self.framing.scale * self._tex_scale
@@ -708,6 +711,13 @@ class WarpEngine:
                 np.fmax(at, box[:, j].take(ids), out=at)
                 padded[1:-1, 1:-1, j] = np.fmin(at, box[:, 2 + j].take(ids), out=at)
         src = padded[1:-1, 1:-1]  # texture pixels
+        # Samples inside the photo that no shown triangle covers lie where the face folded
+        # away from the camera. They take the smoothest positions that meet the samples
+        # around them: the identity's, the photo as it was there, showed a hard-edged patch
+        # of cheek across the ear of a head turned far.
+        holes = (ids < 0) & self._inside_photo
+        if holes.any():
+            src[:] = membrane_fill(src, holes)
         # Linear extrapolation one sample out (rows, then columns and corners); a grid
         # one sample thin is only repeated.
         thin_y, thin_x = self._grid_h < 2, self._grid_w < 2
