@@ -21,9 +21,9 @@ narrowing eye is shaded under its upper lid. Closing eyes blend in a lid texture
 for shut eyes, then squeezed into the lid band the warp stretches over them) instead of
 stretching the lashes, their lids are pulled the last way shut onto a smooth arc, and a
 lash line is drawn along it; an open mouth gets a dark cavity and shaded teeth where the
-driver shows teeth. Where the face turns away from the camera, its outline against what
-lies behind it is drawn per pixel and anti-aliased (on the grid it came out stepped and
-smeared).
+driver shows teeth. Where the face turns away from the camera, the outlines where the map
+jumps (a cheek over what lies behind it, the side of the nose over the cheek) are drawn per
+pixel and anti-aliased: on the grid they came out stepped and smeared.
 """
 from __future__ import annotations
 
@@ -89,22 +89,20 @@ _REST_BAND = 0.15
 _LID_SHADOW, _LID_SHADOW_WIDTH = 0.55, 0.35
 # Triangles whose box holds more grid samples than this are filled one by one.
 _FILL_SAMPLES = 64
-# Where the map steps between grid samples by this many samples' worth of photo, across the
-# face's outline, the outline is redrawn per pixel, anti-aliased with this many samples a
-# pixel each way.
-_SILHOUETTE_JUMP, _SUPERSAMPLE = 2.0, 4
+# Where the map steps between grid samples by this many samples' worth of photo along a
+# turned-away outline, the outline is drawn per pixel, anti-aliased with this many samples
+# a pixel each way.
+_SILHOUETTE_JUMP, _SUPERSAMPLE = 2.0, 3
 
 
 @dataclasses.dataclass
 class _Mend:
-    """Pixels where the face's outline is drawn per pixel: their rows and columns in the
-    output, the face's and the mesh behind it's source points for each (N, 2), and how
-    much of each the face covers (N,)."""
+    """Pixels along a turned-away outline, drawn per pixel: ``whole``, those one triangle
+    covers, and ``split``, those several share, each as (rows, columns) in the output and
+    the photo points (N, S, 2) whose colours are averaged (one per pixel for ``whole``)."""
 
-    at: tuple[np.ndarray, np.ndarray]
-    face: np.ndarray
-    back: np.ndarray
-    cover: np.ndarray
+    whole: tuple[tuple[np.ndarray, np.ndarray], np.ndarray]
+    split: tuple[tuple[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _delaunay(points: np.ndarray) -> np.ndarray:
@@ -549,7 +547,6 @@ class WarpEngine:
         self._stable_3d = avatar.landmarks[self._stable_ids].astype(np.float64)
         self._src = np.vstack([avatar.landmarks[:, :2], self._extra_src])
         self._back = np.vstack([data["outer_triangles"], data["hole_triangles"]])
-        self._n_outer = len(data["outer_triangles"])
         self._face = lm.face_triangles()
         # Each face triangle's three edges, as indices into a table of the mesh's edges.
         pairs = np.sort(self._face[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2), axis=2)
@@ -676,18 +673,17 @@ class WarpEngine:
         depth = z[face[:, 0]] + z[face[:, 1]] + z[face[:, 2]]  # three times the mean
         face = face[np.argsort(-depth, kind="stable")]  # far first, near drawn over it
         tris = np.vstack([self._back, face])
-        front = np.arange(len(tris)) >= self._n_outer  # the face's own layer, holes included
 
         grid = (self.framing.to_output(dst) + 0.5) / self.grid_step - 0.5
         corners = grid[tris]  # (T, 3, 2)
         # Triangles wholly outside the grid, or flat, cover no sample.
         lo, hi = _corner_extremes(corners)
         keep = np.flatnonzero((hi[:, 0] > -1) & (hi[:, 1] > -1) & (lo[:, 0] < self._grid_w) & (lo[:, 1] < self._grid_h))
-        tris, corners, lo, hi, front = tris[keep], corners[keep], lo[keep], hi[keep], front[keep]
+        tris, corners, lo, hi = tris[keep], corners[keep], lo[keep], hi[keep]
         bary, det = _barycentric_maps(corners)
         if not (np.abs(det) > 1e-9).all():
             keep = np.abs(det) > 1e-9
-            tris, corners, lo, hi, bary, front = tris[keep], corners[keep], lo[keep], hi[keep], bary[keep], front[keep]
+            tris, corners, lo, hi, bary = tris[keep], corners[keep], lo[keep], hi[keep], bary[keep]
         ids = self._rasterize(corners, lo, hi, bary)
         # One affine map per triangle, then the identity for ids of -1 (uncovered).
         corners_src = self._src[tris] * self._tex_scale
@@ -734,7 +730,7 @@ class WarpEngine:
         mend = None
         if not visible.all():
             outline = self._turned_edges(visible, grid)
-            mend = self._silhouette(ids, front, corners, affine, box, src, outline, dense)
+            mend = self._silhouette(corners, affine, box, src, outline, dense)
         # The person's alpha at each grid sample's source point; where nothing moved the
         # photo itself shows (background and soft hair edge alike), so the filled-in
         # plate appears only where the person moved away. A soft mask needs no per-pixel
@@ -759,86 +755,94 @@ class WarpEngine:
         cv2.polylines(mask, list(np.round(ends * 16).astype(np.int32)), False, 1, 3, cv2.LINE_8, shift=4)
         return mask > 0
 
-    def _silhouette(self, ids: np.ndarray, front: np.ndarray, corners: np.ndarray, affine: np.ndarray,
-                    box: np.ndarray, src: np.ndarray, outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
-        """Where the face's turned-away outline crosses the mesh behind it with a jump in
-        the map (a cheek or jaw turned away), each pixel's source in the face and in the
-        mesh behind it and how much of the pixel the face covers; None where it does not.
+    def _silhouette(self, corners: np.ndarray, affine: np.ndarray, box: np.ndarray, src: np.ndarray,
+                    outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
+        """Where the map jumps along the face's turned-away outline (a cheek or the side of
+        the nose turned away, over what lies behind it), each pixel's photo points at
+        _SUPERSAMPLE x _SUPERSAMPLE places in it, each from the nearest triangle there;
+        None where there is no such jump.
 
-        ``ids``: the grid's triangle per sample; ``front``: per triangle, whether it is
-        the face's (not the outer mesh's); ``corners`` in grid units, ``affine`` and
-        ``box`` their maps and source boxes, ``src`` the grid's source points, ``outline``
-        the samples along the turned-away outline, ``dense`` the coarse map (kept where
-        no outer triangle lies behind the face: a fold's gap, which it fills)."""
+        ``corners``: the triangles in drawing order, in grid units, ``affine`` and ``box``
+        their maps and source boxes; ``src`` the grid's source points, ``outline`` the
+        samples along the turned-away outline, ``dense`` the coarse map (kept where no
+        triangle lies: a fold's gap, which it fills)."""
+        if not outline.any():
+            return None
         step = self.grid_step
-        kernel = np.ones((3, 3), np.uint8)
-        on_face = np.append(front, False)[ids].astype(np.uint8)
-        edge = (cv2.dilate(on_face, kernel) != cv2.erode(on_face, kernel)) & outline
-        if not edge.any():
-            return None
-        # Only the box of those samples, one more all round, is looked at from here on.
-        rows, cols = np.flatnonzero(edge.any(axis=1)), np.flatnonzero(edge.any(axis=0))
-        gh, gw = ids.shape
+        # Only the box of the outline's samples, one more all round, is looked at.
+        rows, cols = np.flatnonzero(outline.any(axis=1)), np.flatnonzero(outline.any(axis=0))
+        gh, gw = outline.shape
         r0, r1, c0, c1 = max(rows[0] - 1, 0), min(rows[-1] + 2, gh), max(cols[0] - 1, 0), min(cols[-1] + 2, gw)
-        # A jump: the map steps between neighbouring samples by far more than a sample's
-        # own size in the photo.
+        # The grid cells whose map jumps between two of their corners (by far more than a
+        # sample's own size in the photo) at the outline: only their pixels change, the
+        # coarse map is exact elsewhere. Cell (i, j) lies between samples (i, j) and
+        # (i + 1, j + 1).
         far = np.float32(_SILHOUETTE_JUMP * step * self.framing.scale * self._tex_scale)
-        part = src[r0:r1, c0:c1]
-        jump = np.zeros(part.shape[:2], bool)
-        for axis in (0, 1):
-            d = np.abs(np.diff(part, axis=axis))
-            steps = (d[..., 0] > far) | (d[..., 1] > far)
-            before, after = [slice(None)] * 2, [slice(None)] * 2
-            before[axis], after[axis] = slice(1, None), slice(None, -1)
-            jump[tuple(before)] |= steps
-            jump[tuple(after)] |= steps
-        flagged = (edge[r0:r1, c0:c1] & jump).astype(np.uint8)
-        if not flagged.any():
+        part, near = src[r0:r1, c0:c1], outline[r0:r1, c0:c1]
+        cells = np.zeros((r1 - r0 + 1, c1 - c0 + 1), bool)  # one more each way: cell -1
+        d = np.abs(np.diff(part, axis=1))
+        steps = ((d[..., 0] > far) | (d[..., 1] > far)) & (near[:, 1:] | near[:, :-1])
+        cells[1:, 1:-1] |= steps
+        cells[:-1, 1:-1] |= steps
+        d = np.abs(np.diff(part, axis=0))
+        steps = ((d[..., 0] > far) | (d[..., 1] > far)) & (near[1:] | near[:-1])
+        cells[1:-1, 1:] |= steps
+        cells[1:-1, :-1] |= steps
+        if not cells.any():
             return None
-        # The pixels that change lie between a flagged sample and its neighbours (elsewhere
-        # the coarse map is exact); resized as the grid is, those are the ones above 0.
+        flagged = cells[1:, 1:] | cells[:-1, :-1] | cells[1:, :-1] | cells[:-1, 1:]  # samples at their corners
+        flagged = flagged.astype(np.uint8)
         x0, y0 = c0 * step, r0 * step
         ow, oh = self.framing.output_size
         w, h = min(c1 * step, ow) - x0, min(r1 * step, oh) - y0
-        near_flag = cv2.resize(flagged * np.uint8(255), ((c1 - c0) * step, (r1 - r0) * step), interpolation=cv2.INTER_LINEAR)[:h, :w]
-        ys, xs = np.nonzero(near_flag)
+        # Each cell's pixels, relative to the patch: cell j spans the pixels from
+        # (j + 0.5) * step - 0.5 to the next sample's (pixel x lies between samples
+        # floor((x + 0.5) / step - 0.5) and the next).
+        ci, cj = np.nonzero(cells)
+        dy, dx = np.mgrid[0:step, 0:step]
+        ys = ((ci - 1) * step + step // 2)[:, None, None] + dy
+        xs = ((cj - 1) * step + step // 2)[:, None, None] + dx
+        keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        ys, xs = ys[keep], xs[keep]
         # Only triangles whose box holds a flagged sample can cover those pixels (a summed
-        # table of the flags answers that for all triangles at once).
+        # table of the flags answers that for all triangles at once); drawn in order, far
+        # first, _SUPERSAMPLE times finer than the pixels.
         table = cv2.integral(flagged)
         lo, hi = _corner_extremes(corners)
         top = np.array([c1 - c0, r1 - r0])
         a0 = np.clip(np.floor(lo).astype(np.int32) - (c0, r0), 0, top)
         a1 = np.clip(np.ceil(hi).astype(np.int32) + 1 - (c0, r0), 0, top)
         hits = table[a1[:, 1], a1[:, 0]] - table[a0[:, 1], a1[:, 0]] - table[a1[:, 1], a0[:, 0]] + table[a0[:, 1], a0[:, 0]]
-        px = (corners + 0.5) * step - 0.5 - np.array([x0, y0], np.float64)  # patch pixels
-        # In drawing order, far first: the face's triangles _SUPERSAMPLE times finer than the
-        # pixels (which covers each pixel, and how much of it), the outer mesh's for what
-        # lies behind the face.
         k = _SUPERSAMPLE
         fine = np.full((h * k, w * k), -1, np.int16)  # fewer triangles than 2 ** 15
-        back_ids = np.full((h, w), -1, np.int16)
-        whole = np.round(px * 16).astype(np.int32)
-        sub = np.round(((px + 0.5) * k - 0.5) * 16).astype(np.int32)
+        fine_corners = np.round((((corners + 0.5) * step - 0.5 - (x0, y0) + 0.5) * k - 0.5) * 16).astype(np.int32)
         for t in np.flatnonzero(hits > 0).tolist():
-            if front[t]:
-                cv2.fillConvexPoly(fine, sub[t], t, lineType=cv2.LINE_8, shift=4)
-            else:
-                cv2.fillConvexPoly(back_ids, whole[t], t, lineType=cv2.LINE_8, shift=4)
-        samples = fine.reshape(h, k, w, k)[ys, :, xs, :].reshape(len(ys), -1)
-        cover = (samples >= 0).mean(axis=1, dtype=np.float32)
-        face_ids = samples.max(axis=1).astype(np.intp)  # the nearest face triangle in the pixel
-        gu = (xs + (x0 + 0.5)).astype(np.float32) / step - 0.5
-        gv = (ys + (y0 + 0.5)).astype(np.float32) / step - 0.5
-        flat = ys * w + xs
-        coarse = dense[y0:y0 + h, x0:x0 + w].reshape(-1, 2)[flat]
-        maps = []
-        for layer in (face_ids, back_ids.reshape(-1)[flat].astype(np.intp)):
-            a, b = affine[layer], box[layer]  # -1 picks the identity's entry, replaced below
-            m = np.stack([a[:, 0] * gu + a[:, 2] * gv + a[:, 4], a[:, 1] * gu + a[:, 3] * gv + a[:, 5]], axis=1)
-            np.clip(m, b[:, :2], b[:, 2:], out=m)
-            m[layer < 0] = coarse[layer < 0]
-            maps.append(m)
-        return _Mend((ys + y0, xs + x0), maps[0], maps[1], cover)
+            cv2.fillConvexPoly(fine, fine_corners[t], t, lineType=cv2.LINE_8, shift=4)
+        tri = fine.reshape(h, k, w, k)[ys, :, xs, :].reshape(len(ys), k * k)
+        # A pixel that one triangle covers whole takes one photo point, at its centre.
+        mixed = (tri != tri[:, :1]).any(axis=1)
+        offsets = (np.arange(k, dtype=np.float32) + 0.5) / k - 0.5
+        places = [(~mixed, tri[~mixed, :1], np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)),
+                  (mixed, tri[mixed], np.tile(offsets, k)[None], np.repeat(offsets, k)[None])]
+        per_tri = np.concatenate([affine, box], axis=1)  # per triangle: its map, then its box
+        drawn = []
+        for which, t, ox, oy in places:
+            t = t.astype(np.intp)
+            px, py = xs[which, None] + x0, ys[which, None] + y0
+            gu = (px.astype(np.float32) + ox + np.float32(0.5)) / np.float32(step) - np.float32(0.5)
+            gv = (py.astype(np.float32) + oy + np.float32(0.5)) / np.float32(step) - np.float32(0.5)
+            # Each place's photo point by its triangle's map, kept to the triangle's box in
+            # the photo (a sliver's map flings a point just outside it far off).
+            c = per_tri[t]  # -1 picks the identity's entry, replaced below
+            sources = np.empty(t.shape + (2,), np.float32)
+            for j in range(2):
+                at = c[..., j] * gu + c[..., 2 + j] * gv + c[..., 4 + j]
+                sources[..., j] = np.minimum(np.maximum(at, c[..., 6 + j]), c[..., 8 + j])
+            bare = t < 0
+            if bare.any():
+                sources[bare] = np.broadcast_to(dense[py[:, 0], px[:, 0]][:, None], sources.shape)[bare]
+            drawn.append(((py[:, 0], px[:, 0]), sources))
+        return _Mend(*drawn)
 
     def _rasterize(self, corners: np.ndarray, lo: np.ndarray, hi: np.ndarray, bary: np.ndarray) -> np.ndarray:
         """Index of the triangle each grid sample shows, -1 where none: later triangles
@@ -941,11 +945,11 @@ class WarpEngine:
         return self._composite(person, weight)
 
     def _draw_outline(self, image: np.ndarray, mend: _Mend) -> None:
-        """The face's outline over the mesh behind it, per pixel and anti-aliased."""
-        face = cv2.remap(self._texture, mend.face[:, None], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        back = cv2.remap(self._texture, mend.back[:, None], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        cover = mend.cover[:, None]
-        image[mend.at] = (face[:, 0] * cover + back[:, 0] * (1.0 - cover) + 0.5).astype(np.uint8)
+        """The pixels along a turned-away outline, each the mean of its photo points."""
+        for at, sources in (mend.whole, mend.split):
+            if len(sources):
+                colours = cv2.remap(self._texture, sources, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                image[at] = (colours.mean(axis=1) + 0.5).astype(np.uint8)
 
     def _draw_irises(self, image: np.ndarray, pose: AvatarPose, gaps: dict[str, float]) -> None:
         """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave
