@@ -630,7 +630,7 @@ def test_a_cheek_turned_away_keeps_a_smooth_outline(grace_rig, degrees):
     # Where the cheek turns away its triangles are dropped, and the face's outline cuts
     # across the backdrop's mesh. Drawn from the 4 px grid alone, that outline came out in
     # steps and notches (bends of 0.87-1.23 px from one row to the next, against at most
-    # 0.44 once it is drawn per pixel).
+    # 0.45 once it is drawn per pixel).
     driver, retarget, engine = grace_rig
     pose = retarget.pose(retarget.target(turn(driver, yaw=degrees)))
     out = engine.render(pose).astype(np.float32)
@@ -673,7 +673,7 @@ def test_a_turned_face_on_the_grid_matches_the_per_pixel_warp(grace_rig, grace_a
     # nose's far side over the cheek) it jumps, and the grid smeared and stepped those
     # outlines: 219-249 of Grace's face pixels were over 48 grey levels off the warp
     # computed at every pixel, 112-115 with only the face's outer outline drawn per pixel,
-    # 52-69 with every turned-away outline drawn so.
+    # 51-67 with every turned-away outline drawn so.
     driver, retarget, engine = grace_rig
     exact = WarpEngine(grace_avatar, grid_step=1)
     pose = retarget.pose(retarget.target(turn(driver, yaw=degrees)))

@@ -92,7 +92,7 @@ _FILL_SAMPLES = 64
 # Where the map steps between grid samples by this many samples' worth of photo along a
 # turned-away outline, the outline is drawn per pixel, anti-aliased with this many samples
 # a pixel each way.
-_SILHOUETTE_JUMP, _SUPERSAMPLE = 2.0, 3
+_SILHOUETTE_JUMP, _SUPERSAMPLE = 2.0, 4
 
 
 @dataclasses.dataclass
