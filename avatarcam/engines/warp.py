@@ -89,10 +89,10 @@ _REST_BAND = 0.15
 _LID_SHADOW, _LID_SHADOW_WIDTH = 0.55, 0.35
 # Triangles whose box holds more grid samples than this are filled one by one.
 _FILL_SAMPLES = 64
-# Where the map steps between grid samples by this many samples' worth of photo along a
-# turned-away outline, the outline is drawn per pixel, anti-aliased with this many samples
-# a pixel each way.
-_SILHOUETTE_JUMP, _SUPERSAMPLE = 2.0, 4
+# Where a grid sample's photo point lies this many samples' worth of photo off where its
+# neighbour's triangle would put it, along a turned-away outline, the outline is drawn per
+# pixel, anti-aliased with this many places a pixel each way.
+_SILHOUETTE_JUMP, _SUPERSAMPLE = 0.5, 4
 
 
 @dataclasses.dataclass
@@ -730,7 +730,7 @@ class WarpEngine:
         mend = None
         if not visible.all():
             outline = self._turned_edges(visible, grid)
-            mend = self._silhouette(corners, affine, box, src, outline, dense)
+            mend = self._silhouette(corners, affine, box, src, c, outline, dense)
         # The person's alpha at each grid sample's source point; where nothing moved the
         # photo itself shows (background and soft hair edge alike), so the filled-in
         # plate appears only where the person moved away. A soft mask needs no per-pixel
@@ -756,7 +756,7 @@ class WarpEngine:
         return mask > 0
 
     def _silhouette(self, corners: np.ndarray, affine: np.ndarray, box: np.ndarray, src: np.ndarray,
-                    outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
+                    coefficients: list[np.ndarray], outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
         """Where the map jumps along the face's turned-away outline (a cheek or the side of
         the nose turned away, over what lies behind it), each pixel's photo points at
         _SUPERSAMPLE x _SUPERSAMPLE places in it, each from the nearest triangle there;
@@ -773,25 +773,33 @@ class WarpEngine:
         rows, cols = np.flatnonzero(outline.any(axis=1)), np.flatnonzero(outline.any(axis=0))
         gh, gw = outline.shape
         r0, r1, c0, c1 = max(rows[0] - 1, 0), min(rows[-1] + 2, gh), max(cols[0] - 1, 0), min(cols[-1] + 2, gw)
-        # The grid cells whose map jumps between two of their corners (by far more than a
-        # sample's own size in the photo) at the outline: only their pixels change, the
-        # coarse map is exact elsewhere. Cell (i, j) lies between samples (i, j) and
-        # (i + 1, j + 1).
+        # The grid cells whose map jumps between two of their corners at the outline: only
+        # their pixels change, the coarse map is close elsewhere. Cell (i, j) lies between
+        # samples (i, j) and (i + 1, j + 1).
         far = np.float32(_SILHOUETTE_JUMP * step * self.framing.scale * self._tex_scale)
         part, near = src[r0:r1, c0:c1], outline[r0:r1, c0:c1]
         cells = np.zeros((r1 - r0 + 1, c1 - c0 + 1), bool)  # one more each way: cell -1
-        d = np.abs(np.diff(part, axis=1))
-        steps = ((d[..., 0] > far) | (d[..., 1] > far)) & (near[:, 1:] | near[:, :-1])
-        cells[1:, 1:-1] |= steps
-        cells[:-1, 1:-1] |= steps
-        d = np.abs(np.diff(part, axis=0))
-        steps = ((d[..., 0] > far) | (d[..., 1] > far)) & (near[1:] | near[:-1])
-        cells[1:-1, 1:] |= steps
-        cells[1:-1, :-1] |= steps
+        slopes = [s[r0:r1, c0:c1] for s in coefficients]
+        for axis, (du, dv) in ((1, slopes[0:2]), (0, slopes[2:4])):
+            # Each neighbour's photo point as the other's triangle would put it: a surface
+            # only bends there, an outline leaves both far off.
+            ahead, behind = [slice(None)] * 2, [slice(None)] * 2
+            ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+            ahead, behind = tuple(ahead), tuple(behind)
+            step_u = part[..., 0][ahead] - part[..., 0][behind]
+            step_v = part[..., 1][ahead] - part[..., 1][behind]
+            with np.errstate(over="ignore", invalid="ignore"):  # a sliver's huge slopes
+                off = np.minimum(np.maximum(np.abs(step_u - du[behind]), np.abs(step_v - dv[behind])),
+                                 np.maximum(np.abs(step_u - du[ahead]), np.abs(step_v - dv[ahead])))
+            steps = (off > far) & (near[ahead] | near[behind])
+            if axis == 1:
+                cells[1:, 1:-1] |= steps
+                cells[:-1, 1:-1] |= steps
+            else:
+                cells[1:-1, 1:] |= steps
+                cells[1:-1, :-1] |= steps
         if not cells.any():
             return None
-        flagged = cells[1:, 1:] | cells[:-1, :-1] | cells[1:, :-1] | cells[:-1, 1:]  # samples at their corners
-        flagged = flagged.astype(np.uint8)
         x0, y0 = c0 * step, r0 * step
         ow, oh = self.framing.output_size
         w, h = min(c1 * step, ow) - x0, min(r1 * step, oh) - y0
@@ -804,21 +812,26 @@ class WarpEngine:
         xs = ((cj - 1) * step + step // 2)[:, None, None] + dx
         keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
         ys, xs = ys[keep], xs[keep]
-        # Only triangles whose box holds a flagged sample can cover those pixels (a summed
-        # table of the flags answers that for all triangles at once); drawn in order, far
-        # first, _SUPERSAMPLE times finer than the pixels.
-        table = cv2.integral(flagged)
+        if not len(ys):
+            return None
+        # Only triangles whose box meets one of those cells can cover their pixels (a summed
+        # table of the cells answers that for all triangles at once; cell i spans grid
+        # coordinates i to i + 1, kept at i + 1); drawn in order, far first,
+        # _SUPERSAMPLE times finer than the pixels.
+        table = cv2.integral(cells.astype(np.uint8))
         lo, hi = _corner_extremes(corners)
-        top = np.array([c1 - c0, r1 - r0])
-        a0 = np.clip(np.floor(lo).astype(np.int32) - (c0, r0), 0, top)
-        a1 = np.clip(np.ceil(hi).astype(np.int32) + 1 - (c0, r0), 0, top)
+        top = np.array(cells.shape[::-1])
+        a0 = np.clip(np.ceil(lo).astype(np.int32) - (c0, r0), 0, top)
+        a1 = np.clip(np.floor(hi).astype(np.int32) + 2 - (c0, r0), 0, top)
         hits = table[a1[:, 1], a1[:, 0]] - table[a0[:, 1], a1[:, 0]] - table[a1[:, 1], a0[:, 0]] + table[a0[:, 1], a0[:, 0]]
         k = _SUPERSAMPLE
-        fine = np.full((h * k, w * k), -1, np.int16)  # fewer triangles than 2 ** 15
-        fine_corners = np.round((((corners + 0.5) * step - 0.5 - (x0, y0) + 0.5) * k - 0.5) * 16).astype(np.int32)
+        bx, by = int(xs.min()), int(ys.min())  # the box of those pixels, in the patch
+        bw, bh = int(xs.max()) + 1 - bx, int(ys.max()) + 1 - by
+        fine = np.full((bh * k, bw * k), -1, np.int16)  # fewer triangles than 2 ** 15
+        fine_corners = np.round((((corners + 0.5) * step - 0.5 - (x0 + bx, y0 + by) + 0.5) * k - 0.5) * 16).astype(np.int32)
         for t in np.flatnonzero(hits > 0).tolist():
             cv2.fillConvexPoly(fine, fine_corners[t], t, lineType=cv2.LINE_8, shift=4)
-        tri = fine.reshape(h, k, w, k)[ys, :, xs, :].reshape(len(ys), k * k)
+        tri = fine.reshape(bh, k, bw, k)[ys - by, :, xs - bx, :].reshape(len(ys), k * k)
         # A pixel that one triangle covers whole takes one photo point, at its centre.
         mixed = (tri != tri[:, :1]).any(axis=1)
         offsets = (np.arange(k, dtype=np.float32) + 0.5) / k - 0.5
