@@ -673,7 +673,7 @@ def test_a_turned_face_on_the_grid_matches_the_per_pixel_warp(grace_rig, grace_a
     # nose's far side over the cheek) it jumps, and the grid smeared and stepped those
     # outlines: 219-249 of Grace's face pixels were over 48 grey levels off the warp
     # computed at every pixel, 112-115 with only the face's outer outline drawn per pixel,
-    # 53-63 with every turned-away outline drawn so.
+    # 70-78 with every turned-away outline drawn so.
     driver, retarget, engine = grace_rig
     exact = WarpEngine(grace_avatar, grid_step=1)
     pose = retarget.pose(retarget.target(turn(driver, yaw=degrees)))

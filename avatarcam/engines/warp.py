@@ -92,7 +92,7 @@ _FILL_SAMPLES = 64
 # Where a grid sample's photo point lies this many samples' worth of photo off where its
 # neighbour's triangle would put it, along a turned-away outline, the outline is drawn per
 # pixel, anti-aliased with this many places a pixel each way.
-_SILHOUETTE_JUMP, _SUPERSAMPLE = 0.5, 4
+_SILHOUETTE_JUMP, _SUPERSAMPLE = 1.0, 4
 
 
 @dataclasses.dataclass
