@@ -763,9 +763,10 @@ class WarpEngine:
         None where there is no such jump.
 
         ``corners``: the triangles in drawing order, in grid units, ``affine`` and ``box``
-        their maps and source boxes; ``src`` the grid's source points, ``outline`` the
-        samples along the turned-away outline, ``dense`` the coarse map (kept where no
-        triangle lies: a fold's gap, which it fills)."""
+        their maps and source boxes; ``src`` the grid's source points and ``coefficients``
+        each sample's triangle's map (six grids, as in ``affine``); ``outline`` the samples
+        along the turned-away outline, ``dense`` the coarse map (kept where no triangle
+        lies: a fold's gap, which it fills)."""
         if not outline.any():
             return None
         step = self.grid_step
