@@ -656,7 +656,8 @@ class WarpEngine:
         return np.vstack([pose.xy, extra])
 
     def source_map(self, pose: AvatarPose) -> np.ndarray:
-        """For each output pixel, the avatar-photo position it shows: (H, W, 2) float32."""
+        """For each output pixel, the avatar-photo position it shows: (H, W, 2) float32, as
+        the grid maps it (``render`` redraws a turned face's outlines finer)."""
         return self._dense_map(pose, alpha=False)[0]
 
     def _dense_map(self, pose: AvatarPose, alpha: bool) -> tuple[np.ndarray, np.ndarray | None, _Mend | None]:
