@@ -33,6 +33,10 @@ _MOUTH = np.array(lm.MOUTH)
 _RIGHT_IRIS, _LEFT_IRIS = np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS)
 _LOWER_LIP = np.array(lm.INNER_LIP_LOWER + lm.OUTER_LIP_LOWER)
 _RIGHT_LIDS, _LEFT_LIDS = np.array(lm.RIGHT_EYE), np.array(lm.LEFT_EYE)
+_EYES = np.concatenate([_RIGHT_EYE, _LEFT_EYE])
+# Each eye's paired upper and lower lid points, as positions in _EYES.
+_EYE_LID_ROWS = tuple(tuple(np.array([_EYES.tolist().index(i) for i in ids]) for ids in lids)
+                      for lids in lm.LID_IDS.values())
 _LID_POINTS = {side: np.concatenate(ids) for side, ids in lm.LID_IDS.items()}  # both lids, no corners
 # Face Mesh's lid gap on a shut eye, as a share of the eye's width (0.02-0.06 at the
 # deepest frame of the shared clips' blinks).
@@ -47,9 +51,11 @@ _PARTED = 0.03
 # the neutral then came from another pose, and its self-reenactment error rose by half.)
 _SHUT_EYES, _NEUTRAL_WAIT_S = 0.07, 0.5
 # A neutral with eyes narrower than this, driving a portrait whose eyes are not, takes its
-# eyes from the first face within _NARROW_WAIT_S whose eyes are _EYES_OPENED times as open
-# (a driver who starts looking down at the keyboard looks up a second or two later).
-_NARROW_EYES, _EYES_OPENED, _NARROW_WAIT_S = 0.15, 1.3, 3.0
+# eyes from the most open face of the next _NARROW_WAIT_S (a driver who starts looking down
+# at the keyboard looks up a second or two later); until one opens as wide as an eye
+# usually does (_OPEN_EYES; Face Mesh reads 0.2-0.35 in the shared clips), they are
+# measured from that, so the portrait looks down while the driver does.
+_NARROW_EYES, _OPEN_EYES, _NARROW_WAIT_S = 0.15, 0.22, 3.0
 _INNER_UPPER, _INNER_LOWER = np.array(lm.INNER_LIP_UPPER[1:-1]), np.array(lm.INNER_LIP_LOWER)
 # Time constant (s) of the smoothing of how much teeth the driver shows.
 _TEETH_S = 0.06
@@ -107,6 +113,10 @@ class Retargeter:
         self._neutral_wait_since: float | None = None
         self._neutral_since = 0.0
         self._parted_neutral = self._narrow_neutral = False
+        # While a narrow neutral waits for open eyes: the most open eyes seen (in the
+        # neutral's frame) and their opening.
+        self._widest_eyes: np.ndarray | None = None
+        self._widest = 0.0
         self._current = self.avatar.copy()
         self._last_t: float | None = None
         self._recovering = False
@@ -152,6 +162,9 @@ class Retargeter:
         self._parted_neutral = self._neutral_gap > closed
         # A portrait with narrow eyes of its own matches a narrow-eyed neutral as it is.
         self._narrow_neutral = lm.eye_opening(driver) < _NARROW_EYES <= lm.eye_opening(self.avatar)
+        if self._narrow_neutral:
+            self._widest_eyes, self._widest = self.neutral[_EYES].copy(), lm.eye_opening(driver)
+            self._set_neutral_eyes(self._widest_eyes, _OPEN_EYES)
 
     def _scale_eyes(self) -> None:
         """Eye motion scales to the avatar's eye size (from the neutral's eyes)."""
@@ -166,14 +179,28 @@ class Retargeter:
 
     def _open_neutral_eyes(self, driver: np.ndarray) -> None:
         """A neutral whose eyes were half shut (a blink starting or ending, a look down)
-        takes its eyes from a face seen soon after with them clearly more open: measured
-        from half-shut eyes, every open eye would look wide open on the avatar."""
+        takes its eyes from the most open face seen soon after, and until one opens as wide
+        as eyes usually do, from those eyes opened that wide: measured from half-shut eyes,
+        every open eye would look wide open on the avatar."""
         assert self.neutral is not None
-        if lm.eye_opening(driver) < _EYES_OPENED * lm.eye_opening(self.neutral):
+        opening = lm.eye_opening(driver)
+        if opening <= self._widest:
             return
         undone = fit_similarity(self.neutral[_STABLE], driver[_STABLE]).inverse_apply(driver)
-        for idx in (_RIGHT_EYE, _LEFT_EYE):
-            self.neutral[idx] = undone[idx]
+        self._widest_eyes, self._widest = undone[_EYES], opening
+        self._set_neutral_eyes(self._widest_eyes, _OPEN_EYES)
+
+    def _set_neutral_eyes(self, eyes: np.ndarray, at_least: float = 0.0) -> None:
+        """The neutral's eyes become ``eyes`` (the points _EYES), each eye's lids moved apart
+        about their midpoints until its lid gap is ``at_least`` of its width."""
+        assert self.neutral is not None
+        self.neutral[_EYES] = eyes
+        for side, (upper, lower) in zip(lm.LID_IDS, _EYE_LID_ROWS):
+            k = at_least * lm.eye_width(self.neutral, side) / max(lm.eye_height(self.neutral, side), 1e-6)
+            if k > 1.0:
+                mid = 0.5 * (eyes[upper] + eyes[lower])
+                self.neutral[_EYES[upper]] = mid + k * (eyes[upper] - mid)
+                self.neutral[_EYES[lower]] = mid + k * (eyes[lower] - mid)
         self._scale_eyes()
 
     def _lip_gap(self, points: np.ndarray) -> float:
@@ -331,8 +358,14 @@ class Retargeter:
                     return self.pose(self._current, self._teeth)
                 self.set_neutral(face.landmarks)
                 self._neutral_since = now
-            elif self._narrow_neutral and now - self._neutral_since <= _NARROW_WAIT_S:
-                self._open_neutral_eyes(face.landmarks)
+            elif self._narrow_neutral:
+                if now - self._neutral_since <= _NARROW_WAIT_S:
+                    self._open_neutral_eyes(face.landmarks)
+                else:
+                    # Eyes that never opened wide are this driver's own open eyes.
+                    assert self._widest_eyes is not None
+                    self._set_neutral_eyes(self._widest_eyes)
+                    self._narrow_neutral = False
             goal = self.target(face.landmarks)
             if self._recovering:
                 k = 1.0 - math.exp(-dt / self.recover_s) if dt > 0 else 0.3

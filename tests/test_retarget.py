@@ -120,28 +120,43 @@ def test_neutral_is_not_taken_mid_blink(grace_avatar, astronaut_avatar):
     assert narrow.neutral is not None
 
 
-def test_neutral_caught_with_half_shut_eyes_takes_them_from_the_next_open_face(grace_avatar, astronaut_avatar):
+def test_neutral_caught_with_half_shut_eyes_takes_them_from_the_most_open_face_soon_after(grace_avatar, astronaut_avatar):
     """A neutral caught as a blink starts or the driver looks down (eyes half shut, not shut
-    enough to wait for) takes its eyes from the first clearly more open face within three
-    seconds, so open eyes after it do not bulge; a portrait whose own eyes are that narrow
-    keeps them matched to the neutral as it is."""
+    enough to wait for) takes its eyes from the most open face of the next three seconds,
+    so open eyes after it do not bulge; until then the portrait's eyes are half shut while
+    the driver's are. Eyes that never open wider are the driver's own open eyes; a portrait
+    whose own eyes are that narrow keeps them matched to the neutral as it is."""
     from avatarcam.tracking import TrackedFace
 
+    def lids_closed_by(share):
+        p = open_eyes.copy()
+        for upper, lower in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER)):
+            p[list(upper)] += share * (p[list(lower)] - p[list(upper)])
+        return p
+
     open_eyes = astronaut_avatar.landmarks
-    half = open_eyes.copy()
-    for upper, lower in ((lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER), (lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER)):
-        half[list(upper)] += 0.6 * (half[list(lower)] - half[list(upper)])
+    half, most = lids_closed_by(0.6), lids_closed_by(0.15)
     assert 0.07 < lm.eye_opening(half) < 0.15
     own = lm.eye_opening(grace_avatar.landmarks)
     retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
-    retarget.update(TrackedFace(half, half, 0.0), 0.0)
+    first = retarget.update(TrackedFace(half, half, 0.0), 0.0)
     assert retarget.neutral is not None  # not waited for: half shut is not shut
-    after = retarget.update(TrackedFace(open_eyes, open_eyes, 0.1), 0.1)
+    assert lm.eye_opening(first.landmarks) < 0.7 * own
+    # Eyes opening in steps: the widest of them is the neutral's, not the first step.
+    retarget.update(TrackedFace(most, most, 0.1), 0.1)
+    after = retarget.update(TrackedFace(open_eyes, open_eyes, 0.2), 0.2)
     assert abs(lm.eye_opening(after.landmarks) - own) < 0.1 * own
+    down_again = retarget.update(TrackedFace(half, half, 0.3), 0.3)
+    assert lm.eye_opening(down_again.landmarks) < 0.7 * own
     looked_up = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
     looked_up.update(TrackedFace(half, half, 0.0), 0.0)
     after = looked_up.update(TrackedFace(open_eyes, open_eyes, 2.0), 2.0)
     assert abs(lm.eye_opening(after.landmarks) - own) < 0.1 * own
+    # Eyes that stay half shut for three seconds are the portrait's own open eyes then.
+    narrow = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    for t in (0.0, 1.0, 2.0, 3.5):
+        settled = narrow.update(TrackedFace(half, half, t), t)
+    assert abs(lm.eye_opening(settled.landmarks) - own) < 0.1 * own
     # Later than that the neutral's eyes stay as they are.
     late = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
     late.update(TrackedFace(half, half, 0.0), 0.0)
