@@ -43,6 +43,9 @@ _LID_POINTS = {side: np.concatenate(ids) for side, ids in lm.LID_IDS.items()}  #
 _SHUT_GAP = 0.04
 # (upper lid, lower lid, iris) per eye; inner lips paired, corners left out.
 _LID_PAIRS = ((*lm.LID_IDS["right"], _RIGHT_IRIS), (*lm.LID_IDS["left"], _LEFT_IRIS))
+# How much of an iris's width may tuck under an eye's corner (a real one looking hard aside
+# hides about a fifth there).
+_IRIS_TUCK = 0.2
 # A driver's neutral lip gap below this share of its mouth width counts as closed.
 _PARTED = 0.03
 # A neutral is not taken while the driver's eyes are this shut (lm.eye_opening: about
@@ -170,10 +173,15 @@ class Retargeter:
         """Eye motion scales to the avatar's eye size (from the neutral's eyes)."""
         assert self.neutral is not None and self._align is not None and self._local_scale is not None
         s, p = self._align.scale, self.proportions
-        for side, idx in (("right", _RIGHT_EYE), ("left", _LEFT_EYE)):
+        for side, idx, iris in (("right", _RIGHT_EYE, _RIGHT_IRIS), ("left", _LEFT_EYE, _LEFT_IRIS)):
             wx = _ratio(p[f"{side}_eye_width"], s * lm.eye_width(self.neutral, side))
             hy = _ratio(p[f"{side}_eye_height"], s * lm.eye_height(self.neutral, side), 0.4, 2.5)
             self._local_scale[idx] = (wx, hy, wx)
+            # Gaze turns the eyeball, whose size goes with the eye's width, up and down as
+            # much as sideways: scaled by the lids' height ratio, a portrait with narrower
+            # eyes than the driver's (Obama, 0.5) barely looked up or down, one with wider
+            # eyes (Vermeer, 1.3-1.8) rolled its irises under the lids.
+            self._local_scale[iris] = wx
         self._neutral_eye = {side: lm.eye_height(self.neutral, side) for side in ("right", "left")}
         self._shut_eye = {side: _SHUT_GAP * lm.eye_width(self.neutral, side) for side in ("right", "left")}
 
@@ -274,9 +282,21 @@ class Retargeter:
         return local
 
     def _keep_lids_apart(self, points: np.ndarray) -> np.ndarray:
-        """A blink may close the lids, never cross them; irises stay between the lids."""
+        """A blink may close the lids, never cross them; irises stay between the lids, and
+        between the eye's corners all but a share _IRIS_TUCK of their width."""
         down = self._axes[:, 1]
-        for upper, lower, iris in _LID_PAIRS:
+        for (upper, lower, iris), corners in zip(_LID_PAIRS, (lm.RIGHT_EYE_CORNERS, lm.LEFT_EYE_CORNERS)):
+            # A driver looking hard aside, carried to an eye shaped otherwise (or whose iris
+            # sits off-centre in the photo), pushed the iris past the corner onto the skin.
+            # In the image plane, where the iris is drawn.
+            a, b = points[corners[0], :2], points[corners[1], :2]
+            width = float(np.linalg.norm(b - a))
+            along = (b - a) / max(width, 1e-6)
+            radius = float(np.linalg.norm(points[iris[1:], :2] - points[iris[0], :2], axis=1).mean())
+            at = float((points[iris[0], :2] - a) @ along)
+            reach = (1.0 - _IRIS_TUCK) * radius
+            if width > 2.0 * reach:
+                points[iris, :2] += (np.clip(at, reach, width - reach) - at) * along
             gap = (points[lower] - points[upper]) @ down
             crossed = gap < 0
             if crossed.any():

@@ -210,6 +210,66 @@ def test_a_nod_nods_a_three_quarter_portrait_without_tilting_it(astronaut_avatar
     assert abs(r - r0) < 2.0 and abs(y - y0) < 2.0
 
 
+
+def _look(points, right=0.0, down=0.0):
+    """Both irises moved by shares of their eye's width (image axes, head upright)."""
+    p = points.copy()
+    for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
+        width = np.linalg.norm(points[corners[0], :2] - points[corners[1], :2])
+        p[list(iris), 0] += right * width
+        p[list(iris), 1] += down * width
+    return p
+
+
+def _iris_offsets(points, base):
+    """Each iris centre's move from ``base``, in its eye's widths: (2 eyes, x/y)."""
+    moves = []
+    for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
+        width = np.linalg.norm(base[corners[0], :2] - base[corners[1], :2])
+        moves.append((points[iris[0], :2] - base[iris[0], :2]) / width)
+    return np.array(moves)
+
+
+def test_a_look_up_turns_the_iris_as_far_as_a_look_aside(grace_avatar, astronaut_avatar):
+    """Gaze turns the eyeball, which is as big as the eye is wide, not as the lids are
+    apart: a driver with eyes half again as open as the portrait's moved its irises up and
+    down only 0.67 times as far as sideways (Obama, half as far)."""
+    driver = astronaut_avatar.landmarks.copy()
+    for upper, lower in lm.LID_IDS.values():  # the driver's lids half again as far apart
+        mid = 0.5 * (driver[upper] + driver[lower])
+        driver[upper] = mid + 1.5 * (driver[upper] - mid)
+        driver[lower] = mid + 1.5 * (driver[lower] - mid)
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.set_neutral(driver)
+    rest = retarget.target(driver)
+    aside = _iris_offsets(retarget.target(_look(driver, right=0.08)), rest)
+    down = _iris_offsets(retarget.target(_look(driver, down=0.05)), rest)
+    assert (aside[:, 0] > 0.04).all()
+    assert down[:, 1] / aside[:, 0] == pytest.approx(0.05 / 0.08, rel=0.15)
+
+
+def test_a_hard_look_aside_keeps_the_iris_inside_the_eye(grace_avatar, astronaut_avatar):
+    """An iris driven past the eye's corner (a driver looking hard aside into an eye shaped
+    otherwise) stops with at most a fifth of its width tucked under the corner; a look
+    well inside the eye is left as it is."""
+    driver = astronaut_avatar.landmarks
+    retarget = Retargeter(grace_avatar.landmarks, grace_avatar.proportions)
+    retarget.set_neutral(driver)
+    rest = retarget.target(driver)
+    near = _iris_offsets(retarget.target(_look(driver, right=0.1)), rest)
+    assert (near[:, 0] > 0.07).all()
+    for side in (-1.0, 1.0):
+        far = retarget.target(_look(driver, right=side * 0.5))
+        for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
+            a, b = far[list(corners), :2]
+            width = np.linalg.norm(b - a)
+            at = (far[iris[0], :2] - a) @ (b - a) / width  # along the eye from corner a
+            radius = np.linalg.norm(far[list(iris[1:]), :2] - far[iris[0], :2], axis=1).mean()
+            assert 0.75 * radius <= at <= width - 0.75 * radius
+            # Pushed hard, it still went as far as it may.
+            assert min(at, width - at) < 1.0 * radius
+
+
 # From the inner lower lip down the middle of the lip and chin to the chin's tip.
 _CHIN_LINE = [lm.LOWER_LIP_MID, 15, 16, 17, 18, 200, 199, 175, lm.CHIN]
 
