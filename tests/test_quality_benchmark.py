@@ -66,6 +66,27 @@ def test_motion_and_jitter_definitions(qm):
     assert qm.jitter(shaky) > 1.0
 
 
+
+def test_detector_control_moves_the_first_frame_along_the_head_path(quality, qm):
+    """The control for MediaPipe's own jitter: the first output frame, moved whole by each
+    frame's head motion relative to the first's, and a face MediaPipe finds in it moves
+    with it."""
+    from skimage import data
+
+    image = data.astronaut()
+    start = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, -3.0]])  # the first head need not be the identity
+    step = np.array([[1.0, 0.0, 12.0], [0.0, 1.0, 7.0]])
+    frames = list(quality._rigid_path(image, [start, start, step]))
+    assert len(frames) == 3
+    assert np.array_equal(frames[0], image) and np.array_equal(frames[1], image)
+    found = [qm.FaceMeshDetector()(f) for f in (frames[0], frames[2])]
+    assert found[0] is not None and found[1] is not None
+    moved = (found[1][:, :2] - found[0][:, :2]).mean(axis=0)
+    assert moved == pytest.approx((7.0, 10.0), abs=1.0)
+    # A head that never moves gives a still control: no jitter at all.
+    still = [qm.FaceMeshDetector()(f) for f in quality._rigid_path(image, [start] * 4)]
+    assert qm.jitter(still) == 0.0
+
 def test_bad_data_folder_is_one_line(quality, tmp_path, capsys):
     assert quality.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -88,7 +109,8 @@ def test_small_real_run(quality, qm, shared_data, tmp_path, capsys):
         assert {"l1", "psnr", "ssim", "face_l1", "face_ssim", "akd", "aed", "motion_r", "jitter"} <= set(method)
         assert 0 <= method["l1"] < 0.2 and 0 < method["ssim"] <= 1
     cross = summary["engine"]["cross"]
-    assert {"identity_distance", "motion_r", "face_found", "jitter", "jitter_excess"} <= set(cross)
+    assert {"identity_distance", "motion_r", "face_found", "jitter", "jitter_excess", "detector_jitter"} <= set(cross)
+    assert 0.0 <= cross["detector_jitter"] < 5.0
     assert set(summary["targets"]) >= {"self.face_l1", "self.akd", "cross.motion_r", "cross.face_found"}
     assert all(t["ok"] in (True, False) for k, t in summary["targets"].items() if aed or "aed" not in k and "identity" not in k)
 
