@@ -179,8 +179,8 @@ class Retargeter:
             self._local_scale[idx] = (wx, hy, wx)
             # Gaze turns the eyeball, whose size goes with the eye's width, up and down as
             # much as sideways: scaled by the lids' height ratio, a portrait with narrower
-            # eyes than the driver's (Obama, 0.5) barely looked up or down, one with wider
-            # eyes (Vermeer, 1.3-1.8) rolled its irises under the lids.
+            # eyes than the driver's (Obama, 0.5) looked up and down half as far as the
+            # driver, one with wider eyes (Vermeer, 1.3-1.8) further.
             self._local_scale[iris] = wx
         self._neutral_eye = {side: lm.eye_height(self.neutral, side) for side in ("right", "left")}
         self._shut_eye = {side: _SHUT_GAP * lm.eye_width(self.neutral, side) for side in ("right", "left")}
@@ -288,7 +288,7 @@ class Retargeter:
         for (upper, lower, iris), corners in zip(_LID_PAIRS, (lm.RIGHT_EYE_CORNERS, lm.LEFT_EYE_CORNERS)):
             # A driver looking hard aside, carried to an eye shaped otherwise (or whose iris
             # sits off-centre in the photo), pushed the iris past the corner onto the skin.
-            # In the image plane, where the iris is drawn.
+            # Measured in the image plane, where the iris is drawn.
             a, b = points[corners[0], :2], points[corners[1], :2]
             width = float(np.linalg.norm(b - a))
             along = (b - a) / max(width, 1e-6)
