@@ -105,6 +105,14 @@ def eye_height(points: np.ndarray, side: str) -> float:
     return float(np.sqrt((d * d).sum(axis=1)).mean())
 
 
+def iris_circle(points: np.ndarray, iris) -> tuple[np.ndarray, float]:
+    """Centre and mean radius of an iris in the image (its centre point first, then four on
+    the rim), in pixels."""
+    center = points[iris[0], :2]
+    d = points[np.asarray(iris[1:]), :2] - center
+    return center, float(np.sqrt((d * d).sum(axis=1)).mean())
+
+
 def eye_opening(points: np.ndarray) -> float:
     """Lid gap over eye width, averaged over both eyes (about 0.25-0.35 open, < 0.1 closed)."""
     return 0.5 * sum(eye_height(points, s) / max(eye_width(points, s), 1e-6) for s in ("right", "left"))

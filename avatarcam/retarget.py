@@ -285,15 +285,15 @@ class Retargeter:
         """A blink may close the lids, never cross them; irises stay between the lids, and
         between the eye's corners all but a share _IRIS_TUCK of their width."""
         down = self._axes[:, 1]
-        for (upper, lower, iris), corners in zip(_LID_PAIRS, (lm.RIGHT_EYE_CORNERS, lm.LEFT_EYE_CORNERS)):
+        for (upper, lower, iris), corners in zip(_LID_PAIRS, lm.EYE_CORNER_IDS.values()):
             # A driver looking hard aside, carried to an eye shaped otherwise (or whose iris
             # sits off-centre in the photo), pushed the iris past the corner onto the skin.
             # Measured in the image plane, where the iris is drawn.
-            a, b = points[corners[0], :2], points[corners[1], :2]
+            a, b = points[corners, :2]
             width = float(np.linalg.norm(b - a))
             along = (b - a) / max(width, 1e-6)
-            radius = float(np.linalg.norm(points[iris[1:], :2] - points[iris[0], :2], axis=1).mean())
-            at = float((points[iris[0], :2] - a) @ along)
+            center, radius = lm.iris_circle(points, iris)
+            at = float((center - a) @ along)
             reach = (1.0 - _IRIS_TUCK) * radius
             if width > 2.0 * reach:
                 points[iris, :2] += (np.clip(at, reach, width - reach) - at) * along

@@ -66,7 +66,6 @@ def test_motion_and_jitter_definitions(qm):
     assert qm.jitter(shaky) > 1.0
 
 
-
 def test_detector_control_moves_the_first_frame_along_the_head_path(quality, qm):
     """The control for MediaPipe's own jitter: the first output frame, moved whole by each
     frame's head motion relative to the first's, and a face MediaPipe finds in it moves
@@ -86,6 +85,7 @@ def test_detector_control_moves_the_first_frame_along_the_head_path(quality, qm)
     # A head that never moves gives a still control: no jitter at all.
     still = [qm.FaceMeshDetector()(f) for f in quality._rigid_path(image, [start] * 4)]
     assert qm.jitter(still) == 0.0
+
 
 def test_bad_data_folder_is_one_line(quality, tmp_path, capsys):
     assert quality.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]) == 1

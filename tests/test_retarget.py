@@ -210,24 +210,21 @@ def test_a_nod_nods_a_three_quarter_portrait_without_tilting_it(astronaut_avatar
     assert abs(r - r0) < 2.0 and abs(y - y0) < 2.0
 
 
+_IRISES = {"right": list(lm.RIGHT_IRIS), "left": list(lm.LEFT_IRIS)}
+
 
 def _look(points, right=0.0, down=0.0):
     """Both irises moved by shares of their eye's width (image axes, head upright)."""
     p = points.copy()
-    for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
-        width = np.linalg.norm(points[corners[0], :2] - points[corners[1], :2])
-        p[list(iris), 0] += right * width
-        p[list(iris), 1] += down * width
+    for side, iris in _IRISES.items():
+        p[iris, :2] += np.array([right, down]) * lm.eye_width(points, side)
     return p
 
 
 def _iris_offsets(points, base):
     """Each iris centre's move from ``base``, in its eye's widths: (2 eyes, x/y)."""
-    moves = []
-    for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
-        width = np.linalg.norm(base[corners[0], :2] - base[corners[1], :2])
-        moves.append((points[iris[0], :2] - base[iris[0], :2]) / width)
-    return np.array(moves)
+    return np.array([(points[iris[0], :2] - base[iris[0], :2]) / lm.eye_width(base, side)
+                     for side, iris in _IRISES.items()])
 
 
 def test_a_look_up_turns_the_iris_as_far_as_a_look_aside(grace_avatar, astronaut_avatar):
@@ -260,11 +257,11 @@ def test_a_hard_look_aside_keeps_the_iris_inside_the_eye(grace_avatar, astronaut
     assert (near[:, 0] > 0.07).all()
     for side in (-1.0, 1.0):
         far = retarget.target(_look(driver, right=side * 0.5))
-        for iris, corners in ((lm.RIGHT_IRIS, lm.RIGHT_EYE_CORNERS), (lm.LEFT_IRIS, lm.LEFT_EYE_CORNERS)):
-            a, b = far[list(corners), :2]
+        for eye, iris in _IRISES.items():
+            a, b = far[lm.EYE_CORNER_IDS[eye], :2]
             width = np.linalg.norm(b - a)
-            at = (far[iris[0], :2] - a) @ (b - a) / width  # along the eye from corner a
-            radius = np.linalg.norm(far[list(iris[1:]), :2] - far[iris[0], :2], axis=1).mean()
+            center, radius = lm.iris_circle(far, iris)
+            at = (center - a) @ (b - a) / width  # along the eye from corner a
             assert 0.75 * radius <= at <= width - 0.75 * radius
             # Pushed hard, it still went as far as it may.
             assert min(at, width - at) < 1.0 * radius

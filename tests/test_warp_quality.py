@@ -362,12 +362,12 @@ def _uncovered_edge_step(avatar, image, moved):
     """Mean colour step (grey levels, over channels) across the edge of each photo iris's
     circle where gaze has taken the iris away: 2 px inside it against 2 px outside, on
     points well inside the eye opening and clear of the moved iris."""
-    from avatarcam.engines.warp import _EYE_RINGS, _IRIS_IDS, _IRIS_REACH, _iris_circle
+    from avatarcam.engines.warp import _EYE_RINGS, _IRIS_IDS, _IRIS_REACH
 
     image = image.astype(float)
     steps = []
     for iris, ring in zip(_IRIS_IDS, _EYE_RINGS.values()):
-        (c, r), (now, _) = _iris_circle(avatar.landmarks, iris), _iris_circle(moved, iris)
+        (c, r), (now, _) = lm.iris_circle(avatar.landmarks, iris), lm.iris_circle(moved, iris)
         opening = np.zeros(image.shape[:2], np.uint8)
         cv2.fillPoly(opening, [np.round(avatar.landmarks[list(ring), :2]).astype(np.int32)], 1)
         opening = cv2.erode(opening, np.ones((5, 5), np.uint8))
@@ -388,7 +388,7 @@ def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, por
     """Irises looking 0.8 of their radius to either side uncover eye white with no edge where
     they were: it was filled with one flat colour, a grey or bright patch with a hard rim
     (steps of 45-62 grey levels across it; now 13-25)."""
-    from avatarcam.engines.warp import _IRIS_IDS, _iris_circle
+    from avatarcam.engines.warp import _IRIS_IDS
     from avatarcam.retarget import AvatarPose
 
     avatar, _ = prepare([shared_data / "portraits" / portrait])
@@ -398,7 +398,7 @@ def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, por
         moved = points.copy()
         for iris, side in zip(_IRIS_IDS, ("right", "left")):
             a, b = points[lm.EYE_CORNER_IDS[side], :2]
-            moved[iris, :2] += sign * 0.8 * _iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
+            moved[iris, :2] += sign * 0.8 * lm.iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
         image = engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])))
         assert _uncovered_edge_step(avatar, image, moved) < 30
 

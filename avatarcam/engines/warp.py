@@ -217,13 +217,6 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             "sclera": sclera, "irises": irises, "iris_fills": iris_fills, "iris_geometry": iris_geometry}
 
 
-def _iris_circle(points: np.ndarray, iris) -> tuple[np.ndarray, float]:
-    """Centre and mean radius of an iris (its centre point first, then four on the rim)."""
-    center = points[iris[0], :2]
-    d = points[np.asarray(iris[1:]), :2] - center
-    return center, float(np.sqrt((d * d).sum(axis=1)).mean())
-
-
 def _eye_whites(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
     """The colour of a photo's eye whites: the median of the brightest sixth of the pixels
     inside both eye openings (lid edges left out), or None where the eyes show too little."""
@@ -257,7 +250,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
     x0, y0, x1, y1 = (int(v) for v in box)
     patch = image[y0:y1, x0:x1].astype(np.float32)
     origin = np.array([x0, y0], dtype=np.float64)
-    circles = [_iris_circle(points, iris) for iris in (lm.RIGHT_IRIS, lm.LEFT_IRIS)]
+    circles = [lm.iris_circle(points, iris) for iris in (lm.RIGHT_IRIS, lm.LEFT_IRIS)]
     size = int(np.ceil(2.0 * (_IRIS_REACH * max(r for _, r in circles) + _IRIS_OVERLAP + 2.0))) | 1
     irises = np.zeros((2, size, size, 4), np.uint8)
     fills = np.zeros((2, size, size, 4), np.uint8)
@@ -977,7 +970,7 @@ class WarpEngine:
             x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 2, [w, h])
             if x1 - x0 < 2 or y1 - y0 < 2:
                 continue
-            center, radius = _iris_circle(pose.landmarks, iris)
+            center, radius = lm.iris_circle(pose.landmarks, iris)
             scale = radius / max(self._iris_radius[k], 1e-6) / self.framing.scale
             c = self.framing.to_output(center) - (x0, y0) + scale * (self._iris_anchor[k] - half)
             place = np.array([[scale, 0, c[0]], [0, scale, c[1]]])
