@@ -403,6 +403,54 @@ def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, por
         assert _uncovered_edge_step(avatar, image, moved) < 30
 
 
+def _rim_brightening(avatar) -> list[float]:
+    """Irises looking 0.8 of their radius to either side: how much brighter than the photo
+    (grey levels) the ring just round each moved iris is, where the photo shows no iris
+    there and the render only the iris layer's edge over the photo's own pixels."""
+    from avatarcam.engines.warp import _EYE_RINGS, _IRIS_IDS, _IRIS_REACH
+    from avatarcam.retarget import AvatarPose
+
+    engine = WarpEngine(avatar)
+    points, photo = avatar.landmarks, avatar.image.astype(float)
+    ys, xs = np.mgrid[0:photo.shape[0], 0:photo.shape[1]]
+    rims = []
+    for sign in (-1.0, 1.0):
+        moved = points.copy()
+        for iris, side in zip(_IRIS_IDS, ("right", "left")):
+            a, b = points[lm.EYE_CORNER_IDS[side], :2]
+            moved[iris, :2] += sign * 0.8 * lm.iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
+        image = engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))).astype(float)
+        for iris, ring in zip(_IRIS_IDS, _EYE_RINGS.values()):
+            (was, r), (now, _) = lm.iris_circle(points, iris), lm.iris_circle(moved, iris)
+            opening = np.zeros(photo.shape[:2], np.uint8)
+            cv2.fillPoly(opening, [np.round(points[list(ring), :2]).astype(np.int32)], 1)
+            opening = cv2.erode(opening, np.ones((3, 3), np.uint8))
+            from_now, from_was = np.hypot(xs - now[0], ys - now[1]), np.hypot(xs - was[0], ys - was[1])
+            rim = (opening > 0) & (from_now > 1.05 * r) & (from_now < _IRIS_REACH * r + 2.5) & (from_was > _IRIS_REACH * r + 3)
+            if rim.sum() >= 5:
+                rims.append(float(np.clip(image[rim].mean(axis=1) - photo[rim].mean(axis=1), 0.0, None).mean()))
+    return rims
+
+
+def test_an_iris_looking_aside_takes_no_eye_white_with_it(grace_avatar):
+    """The iris layer reaches past Face Mesh's circle for the dark limbus; the pale sclera
+    in that reach stays behind (carried along, it was a pale crescent round the iris, 33
+    grey levels brighter than the photo there)."""
+    rims = _rim_brightening(grace_avatar)
+    assert rims and max(rims) < 12
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("portrait", ["einstein_bw_photo__avatarify_einstein.jpg", "obama_official__avatarify_obama.jpg",
+                                      "woman_photo__sadtalker_people_0.png"])
+def test_portraits_irises_looking_aside_take_no_eye_white_with_them(shared_data, portrait):
+    """Einstein's irises carried a ring up to 150 grey levels brighter than his lids, Obama's
+    up to 64, the woman's 65."""
+    avatar, _ = prepare([shared_data / "portraits" / portrait])
+    rims = _rim_brightening(avatar)
+    assert rims and max(rims) < 12
+
+
 # -- mouth ---------------------------------------------------------------------------------
 def _mouth_regions(found):
     """Pixel positions just below the upper inner lip, just above the lower inner lip, and

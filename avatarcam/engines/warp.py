@@ -39,7 +39,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-7"
+VERSION = "warp-8"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -82,6 +82,12 @@ _IRIS_BEYOND = 1.5
 # The iris's alpha is whole this far (px) past the sclera painted under it, then fades: a
 # soft edge over that sclera showed as a pale ring round an iris that had not moved.
 _IRIS_OVERLAP = 1.5
+# An iris is taken to be at least this many grey levels darker than its sclera.
+_IRIS_CONTRAST = 10.0
+# An iris this many radii from its place in the photo (relative to its eye) leaves behind
+# all that is sclera in its layer's rim; nearer, part of it (all at rest, where the photo's
+# own pixels show).
+_IRIS_MATTE_SHIFT = 0.3
 # Lid gaps within this share of the photo's show the iris's rim from the photo.
 _REST_BAND = 0.15
 # A narrowing eye is shaded under its upper lid, at most by this share, over at most this
@@ -207,14 +213,15 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     # keeps the plate from showing through the person's rim when the head moves.
     alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
     lids, lids_box, lash = _closed_lids(avatar.image, avatar.landmarks, np.vstack(holes[:2]))
-    sclera, irises, iris_fills, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
+    sclera, irises, iris_fills, iris_keeps, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
     return {"points": extra.astype(np.float32), "weights": extra_w.astype(np.float32),
             "depths": extra_z.astype(np.float32),
             "outer_triangles": outside, "hole_triangles": np.vstack(holes),
             "person_alpha": np.round(alpha * 255).astype(np.uint8),
             "background": fill_background(avatar.image, alpha),
             "lids": lids, "lids_box": lids_box, "lash_color": lash,
-            "sclera": sclera, "irises": irises, "iris_fills": iris_fills, "iris_geometry": iris_geometry}
+            "sclera": sclera, "irises": irises, "iris_fills": iris_fills, "iris_keeps": iris_keeps,
+            "iris_geometry": iris_geometry}
 
 
 def _eye_whites(image: np.ndarray, points: np.ndarray) -> np.ndarray | None:
@@ -254,6 +261,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
     size = int(np.ceil(2.0 * (_IRIS_REACH * max(r for _, r in circles) + _IRIS_OVERLAP + 2.0))) | 1
     irises = np.zeros((2, size, size, 4), np.uint8)
     fills = np.zeros((2, size, size, 4), np.uint8)
+    keeps = np.zeros((2, size, size), np.uint8)
     sclera = patch.copy()
     luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
     for k, ((center, radius), ring) in enumerate(zip(circles, _EYE_RINGS.values())):
@@ -275,8 +283,22 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         # which the iris, clipped by the lids, lets through at rest.
         white = (opening > 0.5) & (disc < 0.5)
         hidden = (disc * opening) > 0.5
+        keep = np.ones_like(opening)  # how much of each pixel is iris, for the iris layer
         if white.sum() >= 4:
-            hidden |= (beyond * opening > 0.5) & (luma < np.median(luma[white]))
+            sclera_luma = float(np.median(luma[white]))
+            hidden |= (beyond * opening > 0.5) & (luma < sclera_luma)
+            # Outside Face Mesh's circle the layer takes each pixel as far as it is iris
+            # rather than sclera, by its brightness between theirs: carried along whole,
+            # the sclera there was a pale crescent round an iris looking aside.
+            core, layer = np.zeros_like(opening), np.zeros_like(opening)
+            cv2.circle(core, tuple(np.round(c * 16).astype(int)), round(radius * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+            cv2.circle(layer, tuple(np.round(c * 16).astype(int)), round((radius * _IRIS_REACH + _IRIS_OVERLAP + 1.0) * 16),
+                       1.0, -1, cv2.LINE_AA, shift=4)
+            in_core = (core * opening) > 0.5
+            iris_luma = float(np.median(luma[in_core])) if in_core.any() else sclera_luma
+            span = max(sclera_luma - iris_luma, _IRIS_CONTRAST)
+            share = np.clip((iris_luma + span - luma) / span, 0.0, 1.0)
+            keep = np.where((layer > 0.5) & (core < 0.5) & (opening > 0.5), share, 1.0).astype(np.float32)
         filled = membrane_fill(sclera, hidden)
         cover = np.maximum(disc * opening, hidden)[..., None]
         sclera = sclera * (1.0 - cover) + filled * cover
@@ -292,6 +314,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         half = size // 2
         anchor = np.round(c).astype(int)
         at = tuple(np.round((c - anchor + half) * 16).astype(int))
+        keeps[k] = _whole_pixel_square(255.0 * keep, anchor, size)
         for layers, rgb, reach in ((irises, at_rest, _IRIS_OVERLAP), (fills, iris_full, 0.0)):
             rgb = _whole_pixel_square(rgb, anchor, size)
             alpha = np.zeros((size, size), np.float32)
@@ -299,7 +322,16 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
             alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
             layers[k] = np.dstack([rgb, (alpha * 255 + 0.5).astype(np.uint8)])
     geometry = np.array([[*c, r, *np.round(c)] for c, r in circles], dtype=np.float32)
-    return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, fills, geometry
+    return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, fills, keeps, geometry
+
+
+def _iris_in_eye(points: np.ndarray, iris: np.ndarray, side: str) -> np.ndarray:
+    """An iris's centre relative to its eye: along and across the line between the eye's
+    corners, in eye widths from the first corner."""
+    a, b = points[lm.EYE_CORNER_IDS[side], :2]
+    along = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+    d = (lm.iris_circle(points, iris)[0] - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+    return np.array([d @ along, d @ np.array([-along[1], along[0]])])
 
 
 def _whole_pixel_square(image: np.ndarray, center: np.ndarray, size: int) -> np.ndarray:
@@ -558,6 +590,8 @@ class WarpEngine:
         self._texture = self._shrink(eyes)
         self._irises = data["irises"]
         self._iris_fills = data["iris_fills"]
+        self._iris_keeps = data["iris_keeps"].astype(np.float32) / 255.0
+        self._iris_home = [_iris_in_eye(avatar.landmarks, iris, side) for iris, side in zip(_IRIS_IDS, _EYE_RINGS)]
         geometry = data["iris_geometry"].astype(np.float64)
         self._iris_radius = geometry[:, 2]
         # Where each iris square's centre pixel lies from the iris's centre, in photo pixels.
@@ -980,6 +1014,12 @@ class WarpEngine:
             square = self._irises[k]
             if rest < 1.0:
                 square = cv2.addWeighted(square, rest, self._iris_fills[k], 1.0 - rest, 0.0)
+            # Away from its place the iris leaves the sclera in its rim behind.
+            shift = float(np.linalg.norm(_iris_in_eye(pose.landmarks, iris, side) - self._iris_home[k]))
+            away = min(shift * lm.eye_width(pose.landmarks, side) / max(radius, 1e-6) / _IRIS_MATTE_SHIFT, 1.0)
+            if away > 0.0:
+                square = square.copy()
+                square[..., 3] = (square[..., 3] * (1.0 - away + away * self._iris_keeps[k]) + 0.5).astype(np.uint8)
             rgba = cv2.warpAffine(square, place, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             # Iris alpha times the opening, and the blend, in uint8 with OpenCV's
