@@ -299,7 +299,10 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
             span = max(sclera_luma - iris_luma, _IRIS_CONTRAST)
             share = np.clip((iris_luma + span - luma) / span, 0.0, 1.0)
             keep = np.where((layer > 0.5) & (core < 0.5) & (opening > 0.5), share, 1.0).astype(np.float32)
-        filled = membrane_fill(sclera, hidden)
+        # Met only by the eye white and whatever else the opening shows, not by the lids:
+        # the lashes' and lid lines' dark, met too, greyed the white an iris looking aside
+        # uncovered (eyeliner most).
+        filled = membrane_fill(sclera, hidden | (opening <= 0.5) if white.sum() >= 4 else hidden)
         cover = np.maximum(disc * opening, hidden)[..., None]
         sclera = sclera * (1.0 - cover) + filled * cover
         # Iris: its visible pixels, spread under the lids.
