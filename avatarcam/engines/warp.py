@@ -276,11 +276,12 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         cv2.circle(disc, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
         beyond = np.zeros_like(opening)
         cv2.circle(beyond, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_BEYOND * 16), 1.0, -1, cv2.LINE_AA, shift=4)
-        # Under the iris, the smoothest surface that meets the sclera and lids around it
-        # (darker towards the lids, as an eyeball is): a flat fill showed as a grey or bright
-        # patch with a hard rim once the iris moved. The iris's dark rim that Face Mesh's
-        # circle misses is filled too, not met. The lid edges over the iris stay the photo's,
-        # which the iris, clipped by the lids, lets through at rest.
+        # Under the iris, the smoothest surface that meets the eye white around it: a flat
+        # fill showed as a grey or bright patch with a hard rim once the iris moved. The
+        # iris's dark rim that Face Mesh's circle misses is filled too, not met; so are the
+        # lids (their lines and lashes, met too, greyed the white an iris looking aside
+        # uncovered, eyeliner most). The lid edges over the iris stay the photo's, which
+        # the iris, clipped by the lids, lets through at rest.
         white = (opening > 0.5) & (disc < 0.5)
         hidden = (disc * opening) > 0.5
         keep = np.ones_like(opening)  # how much of each pixel is iris, for the iris layer
@@ -295,13 +296,11 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
             cv2.circle(layer, tuple(np.round(c * 16).astype(int)), round((radius * _IRIS_REACH + _IRIS_OVERLAP + 1.0) * 16),
                        1.0, -1, cv2.LINE_AA, shift=4)
             in_core = (core * opening) > 0.5
-            iris_luma = float(np.median(luma[in_core])) if in_core.any() else sclera_luma
-            span = max(sclera_luma - iris_luma, _IRIS_CONTRAST)
-            share = np.clip((iris_luma + span - luma) / span, 0.0, 1.0)
-            keep = np.where((layer > 0.5) & (core < 0.5) & (opening > 0.5), share, 1.0).astype(np.float32)
-        # Met only by the eye white and whatever else the opening shows, not by the lids:
-        # the lashes' and lid lines' dark, met too, greyed the white an iris looking aside
-        # uncovered (eyeliner most).
+            if in_core.any():  # else the photo shows no iris to tell from the sclera
+                iris_luma = float(np.median(luma[in_core]))
+                span = max(sclera_luma - iris_luma, _IRIS_CONTRAST)
+                share = np.clip((iris_luma + span - luma) / span, 0.0, 1.0)
+                keep = np.where((layer > 0.5) & (core < 0.5) & (opening > 0.5), share, 1.0).astype(np.float32)
         filled = membrane_fill(sclera, hidden | (opening <= 0.5) if white.sum() >= 4 else hidden)
         cover = np.maximum(disc * opening, hidden)[..., None]
         sclera = sclera * (1.0 - cover) + filled * cover
