@@ -381,17 +381,12 @@ def _uncovered_edge_step(avatar, image, moved):
     return float(np.mean(steps))
 
 
-@pytest.mark.shared
-@pytest.mark.parametrize("portrait", ["einstein_bw_photo__avatarify_einstein.jpg", "obama_official__avatarify_obama.jpg",
-                                      "vermeer_girl_pearl_earring__liveportrait_s10.jpg"])
-def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, portrait):
-    """Irises looking 0.8 of their radius to either side uncover eye white with no edge where
-    they were: it was filled with one flat colour, a grey or bright patch with a hard rim
-    (steps of 45-62 grey levels across it; now 13-25)."""
+def _irises_looking_aside(avatar):
+    """Renders of ``avatar`` with both irises looking 0.8 of their radius to one side, then
+    the other, the rest of the face as in the photo: (moved landmarks, image) pairs."""
     from avatarcam.engines.warp import _IRIS_IDS
     from avatarcam.retarget import AvatarPose
 
-    avatar, _ = prepare([shared_data / "portraits" / portrait])
     engine = WarpEngine(avatar)
     points = avatar.landmarks
     for sign in (-1.0, 1.0):
@@ -399,7 +394,18 @@ def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, por
         for iris, side in zip(_IRIS_IDS, ("right", "left")):
             a, b = points[lm.EYE_CORNER_IDS[side], :2]
             moved[iris, :2] += sign * 0.8 * lm.iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
-        image = engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])))
+        yield moved, engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("portrait", ["einstein_bw_photo__avatarify_einstein.jpg", "obama_official__avatarify_obama.jpg",
+                                      "vermeer_girl_pearl_earring__liveportrait_s10.jpg"])
+def test_gaze_uncovers_eye_white_that_joins_the_white_around_it(shared_data, portrait):
+    """Irises looking 0.8 of their radius to either side uncover eye white with no edge where
+    they were: it was filled with one flat colour, a grey or bright patch with a hard rim
+    (steps of 45-62 grey levels across it; now 13-25)."""
+    avatar, _ = prepare([shared_data / "portraits" / portrait])
+    for moved, image in _irises_looking_aside(avatar):
         assert _uncovered_edge_step(avatar, image, moved) < 30
 
 
@@ -407,18 +413,12 @@ def _uncovered_greying(avatar) -> list[float]:
     """Irises looking 0.8 of their radius to either side: how much darker (grey levels) the
     eye white they uncover is than the median of the photo's eye white around them."""
     from avatarcam.engines.warp import _EYE_RINGS, _IRIS_IDS, _IRIS_REACH
-    from avatarcam.retarget import AvatarPose
 
-    engine = WarpEngine(avatar)
     points, photo = avatar.landmarks, avatar.image.astype(float).mean(axis=2)
     ys, xs = np.mgrid[0:photo.shape[0], 0:photo.shape[1]]
     greying = []
-    for sign in (-1.0, 1.0):
-        moved = points.copy()
-        for iris, side in zip(_IRIS_IDS, ("right", "left")):
-            a, b = points[lm.EYE_CORNER_IDS[side], :2]
-            moved[iris, :2] += sign * 0.8 * lm.iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
-        image = engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))).astype(float).mean(axis=2)
+    for moved, image in _irises_looking_aside(avatar):
+        image = image.astype(float).mean(axis=2)
         for iris, ring in zip(_IRIS_IDS, _EYE_RINGS.values()):
             (was, r), (now, _) = lm.iris_circle(points, iris), lm.iris_circle(moved, iris)
             opening = np.zeros(photo.shape, np.uint8)
@@ -449,18 +449,12 @@ def _rim_brightening(avatar) -> list[float]:
     (grey levels) the ring just round each moved iris is, where the photo shows no iris
     there and the render only the iris layer's edge over the photo's own pixels."""
     from avatarcam.engines.warp import _EYE_RINGS, _IRIS_IDS, _IRIS_REACH
-    from avatarcam.retarget import AvatarPose
 
-    engine = WarpEngine(avatar)
     points, photo = avatar.landmarks, avatar.image.astype(float)
     ys, xs = np.mgrid[0:photo.shape[0], 0:photo.shape[1]]
     rims = []
-    for sign in (-1.0, 1.0):
-        moved = points.copy()
-        for iris, side in zip(_IRIS_IDS, ("right", "left")):
-            a, b = points[lm.EYE_CORNER_IDS[side], :2]
-            moved[iris, :2] += sign * 0.8 * lm.iris_circle(points, iris)[1] * (b - a) / np.linalg.norm(b - a)
-        image = engine.render(AvatarPose(moved, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))).astype(float)
+    for moved, image in _irises_looking_aside(avatar):
+        image = image.astype(float)
         for iris, ring in zip(_IRIS_IDS, _EYE_RINGS.values()):
             (was, r), (now, _) = lm.iris_circle(points, iris), lm.iris_circle(moved, iris)
             opening = np.zeros(photo.shape[:2], np.uint8)

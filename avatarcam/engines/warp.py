@@ -85,7 +85,7 @@ _IRIS_OVERLAP = 1.5
 # An iris is taken to be at least this many grey levels darker than its sclera.
 _IRIS_CONTRAST = 10.0
 # An iris this many radii from its place in the photo (relative to its eye) leaves behind
-# all that is sclera in its layer's rim; nearer, part of it (all at rest, where the photo's
+# all the sclera in its layer's rim; nearer, a share of it (none at rest, where the photo's
 # own pixels show).
 _IRIS_MATTE_SHIFT = 0.3
 # Lid gaps within this share of the photo's show the iris's rim from the photo.
@@ -331,8 +331,9 @@ def _iris_in_eye(points: np.ndarray, iris: np.ndarray, side: str) -> np.ndarray:
     """An iris's centre relative to its eye: along and across the line between the eye's
     corners, in eye widths from the first corner."""
     a, b = points[lm.EYE_CORNER_IDS[side], :2]
-    along = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
-    d = (lm.iris_circle(points, iris)[0] - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+    width = max(float(np.linalg.norm(b - a)), 1e-6)
+    along = (b - a) / width
+    d = (lm.iris_circle(points, iris)[0] - a) / width
     return np.array([d @ along, d @ np.array([-along[1], along[0]])])
 
 
