@@ -96,6 +96,9 @@ LID_IDS = {"right": (np.array(RIGHT_EYE_UPPER), np.array(RIGHT_EYE_LOWER)),
 EYE_CORNER_IDS = {"right": np.array(RIGHT_EYE_CORNERS), "left": np.array(LEFT_EYE_CORNERS)}
 INNER_LIPS_IDS = np.array(INNER_LIPS_RING)
 _OUTER_LIPS = np.array(OUTER_LIP_UPPER + OUTER_LIP_LOWER)
+# The pale pixels of one half of an open mouth are a tongue where their median redness
+# (Lab a*) is above the lips' plus _TONGUE_REDNESS, teeth from _TONGUE_RAMP below that.
+_TONGUE_REDNESS, _TONGUE_RAMP = -0.5, 1.5
 
 
 def eye_height(points: np.ndarray, side: str) -> float:
@@ -167,8 +170,9 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     nearly grey or clearly less red than the lips (lips, tongue and the dark cavity are
     darker or redder). The second test, relative to the lips, finds teeth in warm or dim
     light, where they are as saturated as the skin. Each half of the opening is scored by
-    the share of such pixels in it. Costs a few hundredths of a millisecond: only the
-    mouth's box is looked at."""
+    the share of such pixels in it, and not at all where they are as red as the lips: a pale
+    tongue, not teeth. Costs a few hundredths of a millisecond: only the mouth's box is
+    looked at."""
     import cv2
 
     gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
@@ -200,5 +204,14 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     scores = []
     for rows in (slice(0, split), slice(split, None)):
         inside = int(inside_rows[rows].sum())
-        scores.append(float(np.clip(2.5 * teeth_rows[rows].sum() / inside, 0.0, 1.0)) if inside else 0.0)
+        found = teeth[rows]
+        if not inside or not found.any():
+            scores.append(0.0)
+            continue
+        # A pale tongue passes the tests above too, but it is as red as the lips; teeth,
+        # in any light, a few levels less (shared clips: teeth 1.5-17 below the lips' a*,
+        # tongues 1 below to 3 above).
+        redder = float(np.median(lab[rows][..., 1][found])) - lip_a
+        not_tongue = float(np.clip((_TONGUE_REDNESS - redder) / _TONGUE_RAMP, 0.0, 1.0))
+        scores.append(float(np.clip(2.5 * teeth_rows[rows].sum() / inside, 0.0, 1.0)) * not_tongue)
     return scores[0], scores[1]

@@ -689,6 +689,19 @@ def test_teeth_are_detected_in_real_frames(shared_data):
 
 
 @pytest.mark.shared
+def test_a_tongue_is_not_taken_for_teeth(shared_data):
+    """A child's pale tongue fills the bottom of her open mouth, and a woman pulling faces
+    sticks hers out: pale, but as red as their lips, so no teeth (they scored 0.77 and 1.0
+    as lower teeth, and a white row was drawn over the tongue). The same woman baring both
+    rows of teeth still shows both."""
+    child = _driver_frames(shared_data / "driving" / "lp_d11_child_greenscreen.mp4", 51)
+    assert lm.teeth_showing(*child[50])[1] < 0.2
+    woman = _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 91)
+    assert max(lm.teeth_showing(*woman[78])) < 0.2
+    assert min(lm.teeth_showing(*woman[90])) > 0.8
+
+
+@pytest.mark.shared
 def test_teeth_are_detected_in_warm_dim_light(shared_data):
     """A woman grimaces with clenched teeth under warm indoor light: her teeth are dim (in
     HSV hardly brighter than her lips) and as saturated as her skin, yet they count as
