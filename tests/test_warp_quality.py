@@ -691,7 +691,7 @@ def test_teeth_are_detected_in_real_frames(shared_data):
 @pytest.mark.shared
 def test_a_tongue_is_not_taken_for_teeth(shared_data):
     """A child's pale tongue fills the bottom of her open mouth, and a woman pulling faces
-    sticks hers out: pale, but as red as their lips, so no teeth (they scored 0.77 and 1.0
+    sticks hers out: pale, but as red as their lips, so no teeth (they scored 0.75 and 0.98
     as lower teeth, and a white row was drawn over the tongue). The same woman baring both
     rows of teeth still shows both."""
     child = _driver_frames(shared_data / "driving" / "lp_d11_child_greenscreen.mp4", 51)
