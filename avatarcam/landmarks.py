@@ -197,13 +197,12 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     grey = (hsv[..., 2] > max(1.1 * lip_v, 60)) & (hsv[..., 1] < 110)
     paler = (lab[..., 0] > max(1.08 * lip_l, 50)) & (lab[..., 1] < lip_a - 4)
     teeth = (grey | paler) & (mask > 0)
-    # Per row: pixels inside the opening and teeth among them; then each half's share.
-    inside_rows, teeth_rows = mask.sum(axis=1), teeth.sum(axis=1)
+    # Each half of the opening: its pixels, and the teeth among them.
     mid = 0.5 * (points[UPPER_LIP_MID, 1] + points[LOWER_LIP_MID, 1]) - y0
-    split = int(np.clip(np.ceil(mid), 0, len(inside_rows)))
+    split = int(np.clip(np.ceil(mid), 0, mask.shape[0]))
     scores = []
     for rows in (slice(0, split), slice(split, None)):
-        inside = int(inside_rows[rows].sum())
+        inside = int(mask[rows].sum())
         found = teeth[rows]
         if not inside or not found.any():
             scores.append(0.0)
@@ -213,5 +212,5 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
         # tongues 1 below to 3 above).
         redder = float(np.median(lab[rows][..., 1][found])) - lip_a
         not_tongue = float(np.clip((_TONGUE_REDNESS - redder) / _TONGUE_RAMP, 0.0, 1.0))
-        scores.append(float(np.clip(2.5 * teeth_rows[rows].sum() / inside, 0.0, 1.0)) * not_tongue)
+        scores.append(float(np.clip(2.5 * found.sum() / inside, 0.0, 1.0)) * not_tongue)
     return scores[0], scores[1]

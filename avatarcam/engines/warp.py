@@ -273,9 +273,8 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         opening = cv2.erode(opening, np.ones((3, 3), np.uint8))
         disc = np.zeros_like(opening)
         c = center - origin
-        cv2.circle(disc, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_REACH * 16), 1.0, -1, cv2.LINE_AA, shift=4)
-        beyond = np.zeros_like(opening)
-        cv2.circle(beyond, tuple(np.round(c * 16).astype(int)), round(radius * _IRIS_BEYOND * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+        _draw_disc(disc, c, radius * _IRIS_REACH)
+        beyond = _draw_disc(np.zeros_like(opening), c, radius * _IRIS_BEYOND)
         # Under the iris, the smoothest surface that meets the eye white around it: a flat
         # fill showed as a grey or bright patch with a hard rim once the iris moved. The
         # iris's dark rim that Face Mesh's circle misses is filled too, not met; so are the
@@ -291,10 +290,8 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
             # Outside Face Mesh's circle the layer takes each pixel as far as it is iris
             # rather than sclera, by its brightness between theirs: carried along whole,
             # the sclera there was a pale crescent round an iris looking aside.
-            core, layer = np.zeros_like(opening), np.zeros_like(opening)
-            cv2.circle(core, tuple(np.round(c * 16).astype(int)), round(radius * 16), 1.0, -1, cv2.LINE_AA, shift=4)
-            cv2.circle(layer, tuple(np.round(c * 16).astype(int)), round((radius * _IRIS_REACH + _IRIS_OVERLAP + 1.0) * 16),
-                       1.0, -1, cv2.LINE_AA, shift=4)
+            core = _draw_disc(np.zeros_like(opening), c, radius)
+            layer = _draw_disc(np.zeros_like(opening), c, radius * _IRIS_REACH + _IRIS_OVERLAP + 1.0)
             in_core = (core * opening) > 0.5
             if in_core.any():  # else the photo shows no iris to tell from the sclera
                 iris_luma = float(np.median(luma[in_core]))
@@ -315,25 +312,32 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
         at_rest = np.where(shown[..., None], patch, iris_full)
         half = size // 2
         anchor = np.round(c).astype(int)
-        at = tuple(np.round((c - anchor + half) * 16).astype(int))
+        at = c - anchor + half
         keeps[k] = _whole_pixel_square(255.0 * keep, anchor, size)
         for layers, rgb, reach in ((irises, at_rest, _IRIS_OVERLAP), (fills, iris_full, 0.0)):
             rgb = _whole_pixel_square(rgb, anchor, size)
             alpha = np.zeros((size, size), np.float32)
-            cv2.circle(alpha, at, round((radius * _IRIS_REACH + reach) * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+            _draw_disc(alpha, at, radius * _IRIS_REACH + reach)
             alpha = cv2.GaussianBlur(alpha, (3, 3), 0)
             layers[k] = np.dstack([rgb, (alpha * 255 + 0.5).astype(np.uint8)])
     geometry = np.array([[*c, r, *np.round(c)] for c, r in circles], dtype=np.float32)
     return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, fills, keeps, geometry
 
 
-def _iris_in_eye(points: np.ndarray, iris: np.ndarray, side: str) -> np.ndarray:
-    """An iris's centre relative to its eye: along and across the line between the eye's
-    corners, in eye widths from the first corner."""
+def _draw_disc(canvas: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
+    """A filled anti-aliased disc of value 1 drawn into float ``canvas`` at sub-pixel
+    ``center`` (x, y) and ``radius``, in pixels; returns ``canvas``."""
+    cv2.circle(canvas, tuple(np.round(np.asarray(center) * 16).astype(int)), round(radius * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+    return canvas
+
+
+def _iris_in_eye(points: np.ndarray, center: np.ndarray, side: str) -> np.ndarray:
+    """An iris ``center`` relative to its eye in ``points``: along and across the line
+    between the eye's corners, in eye widths from the first corner."""
     a, b = points[lm.EYE_CORNER_IDS[side], :2]
     width = max(float(np.linalg.norm(b - a)), 1e-6)
     along = (b - a) / width
-    d = (lm.iris_circle(points, iris)[0] - a) / width
+    d = (center - a) / width
     return np.array([d @ along, d @ np.array([-along[1], along[0]])])
 
 
@@ -594,7 +598,8 @@ class WarpEngine:
         self._irises = data["irises"]
         self._iris_fills = data["iris_fills"]
         self._iris_keeps = data["iris_keeps"].astype(np.float32) / 255.0
-        self._iris_home = [_iris_in_eye(avatar.landmarks, iris, side) for iris, side in zip(_IRIS_IDS, _EYE_RINGS)]
+        self._iris_home = [_iris_in_eye(avatar.landmarks, lm.iris_circle(avatar.landmarks, iris)[0], side)
+                           for iris, side in zip(_IRIS_IDS, _EYE_RINGS)]
         geometry = data["iris_geometry"].astype(np.float64)
         self._iris_radius = geometry[:, 2]
         # Where each iris square's centre pixel lies from the iris's centre, in photo pixels.
@@ -1018,7 +1023,7 @@ class WarpEngine:
             if rest < 1.0:
                 square = cv2.addWeighted(square, rest, self._iris_fills[k], 1.0 - rest, 0.0)
             # Away from its place the iris leaves the sclera in its rim behind.
-            shift = float(np.linalg.norm(_iris_in_eye(pose.landmarks, iris, side) - self._iris_home[k]))
+            shift = float(np.linalg.norm(_iris_in_eye(pose.landmarks, center, side) - self._iris_home[k]))
             away = min(shift * lm.eye_width(pose.landmarks, side) / max(radius, 1e-6) / _IRIS_MATTE_SHIFT, 1.0)
             if away > 0.0:
                 square = square.copy()
