@@ -39,7 +39,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-8"
+VERSION = "warp-9"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -212,14 +212,14 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     # MediaPipe's mask, upscaled from 256 px, fades over many pixels; a narrower edge
     # keeps the plate from showing through the person's rim when the head moves.
     alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
-    lids, lids_box, lash = _closed_lids(avatar.image, avatar.landmarks, np.vstack(holes[:2]))
+    lids, lids_box, lash, lids_shut, lids_to_shut = _closed_lids(avatar.image, avatar.landmarks, np.vstack(holes[:2]))
     sclera, irises, iris_fills, iris_keeps, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
     return {"points": extra.astype(np.float32), "weights": extra_w.astype(np.float32),
             "depths": extra_z.astype(np.float32),
             "outer_triangles": outside, "hole_triangles": np.vstack(holes),
             "person_alpha": np.round(alpha * 255).astype(np.uint8),
             "background": fill_background(avatar.image, alpha),
-            "lids": lids, "lids_box": lids_box, "lash_color": lash,
+            "lids": lids, "lids_box": lids_box, "lash_color": lash, "lids_shut": lids_shut, "lids_to_shut": lids_to_shut,
             "sclera": sclera, "irises": irises, "iris_fills": iris_fills, "iris_keeps": iris_keeps,
             "iris_geometry": iris_geometry}
 
@@ -374,7 +374,8 @@ def _mesh_values(tris: np.ndarray, at: np.ndarray, values: np.ndarray, shape: tu
     return out, ids >= 0
 
 
-def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _closed_lids(image: np.ndarray, points: np.ndarray,
+                 eye_triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A patch of the photo around both eyes to show when they shut, and its box
     ``(x0, y0, x1, y1)``.
 
@@ -383,8 +384,10 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     So the shut eye is painted where it will be seen, in the photo warped to shut eyes:
     the top of the band stays as the warp shows it (the lid's fold), below it smooth lid
     skin, shaded towards where the lids meet. That picture is squeezed back into the band
-    with the inverse of the same warp, so that the warp, shutting the eye, shows it at its
-    own scale. Also returns the lash line's colour, for the line drawn per frame."""
+    with the inverse of the same warp (the patch returned), and the engine samples the
+    picture itself over the band: also returned are the shut picture, for each pixel of
+    the patch where it lies in that picture and how much the picture shows there (H, W, 3:
+    x, y, weight), and the lash line's colour, for the line drawn per frame."""
     h, w = image.shape[:2]
     xy = points[:, :2]
     eye_w = max(lm.eye_width(points, "right"), lm.eye_width(points, "left"), 4.0)
@@ -455,7 +458,9 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     lift = np.array([[1.0, 0.0, up[0]], [0.0, 1.0, up[1]]])
     grain = np.clip(cv2.warpAffine(detail, lift, shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                    borderMode=cv2.BORDER_REFLECT), -spread, spread)
-    blend = (np.clip((t - 0.15) / 0.35, 0.0, 1.0) * lid)[..., None]
+    # Only the fold itself keeps the warp's picture: below it the band's own texture (the
+    # open lid, its crease and lashes), stretched, streaked down the shut lid.
+    blend = (np.clip((t - 0.05) / 0.4, 0.0, 1.0) * lid)[..., None]
     closed = shown * (1.0 - blend) + (lid_skin + grain) * blend
     # A shut lid darkens towards its edge (the lashes' shadow); the lash line itself is
     # drawn per frame along the lid's edge, sharper than this texture could hold it.
@@ -492,8 +497,20 @@ def _closed_lids(image: np.ndarray, points: np.ndarray, eye_triangles: np.ndarra
     lid_edge = cv2.remap(closed, slit[..., 0], slit[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     g = np.clip((slit[..., 2:] - 0.3) / 0.4, 0.0, 1.0)
     out = np.where(opening[..., None], lid_edge * (1.0 - g) + lower_skin * g, out)
-    return (np.clip(out + 0.5, 0, 255).astype(np.uint8), np.array([x0, y0, x1, y1], dtype=np.int32),
-            lash.astype(np.float32))
+    # Squeezed into the band, the shut lid keeps a third of its rows, and stretched back
+    # over the eye its grain streaked. So the engine samples the shut picture itself there:
+    # for each photo pixel of the band, where it lies in the shut picture, and how much that
+    # picture shows (not under the lower lid's strip). Around the band, where the shut warp
+    # moves nothing, the two pictures agree pixel for pixel, and the eye's own triangles
+    # continue the band's map below it: the engine samples the map between pixels, and a
+    # map that jumped at the band's edge left a dotted seam there.
+    moved_to, inside = _mesh_values(moved, src, shut, shape)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    where = np.where(inside[..., None], moved_to, np.dstack([xs, ys]))
+    where = np.where(cover[..., None], squeeze, where)
+    to_shut = np.dstack([where, cover * (1.0 - strip[..., 0])]).astype(np.float32)
+    as_uint8 = lambda image: np.clip(image + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
+    return as_uint8(out), np.array([x0, y0, x1, y1], dtype=np.int32), lash.astype(np.float32), as_uint8(closed), to_shut
 
 
 def _sample_above(image: np.ndarray, points: np.ndarray, heights: np.ndarray, down: np.ndarray) -> np.ndarray:
@@ -591,6 +608,9 @@ class WarpEngine:
         x0, y0, x1, y1 = (int(v) for v in data["lids_box"])
         lids[y0:y1, x0:x1] = data["lids"]
         self._lids = self._shrink(lids)
+        self._lids_origin = np.array([x0, y0], np.float32)
+        self._lids_shut = self._shrink(data["lids_shut"])
+        self._lids_to_shut = data["lids_to_shut"].astype(np.float32) * np.float32([self._tex_scale, self._tex_scale, 1.0])
         # The texture's eyes show sclera only; the irises are drawn where the pose puts them.
         eyes = avatar.image.copy()
         eyes[y0:y1, x0:x1] = data["sclera"]
@@ -1115,7 +1135,15 @@ class WarpEngine:
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
             if x1 <= x0 or y1 <= y0:
                 continue
-            lid = cv2.remap(self._lids, m[y0:y1, x0:x1], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            at = m[y0:y1, x0:x1]
+            lid = cv2.remap(self._lids, at, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            # Over the lid's band, the shut picture at its own resolution.
+            to_shut = cv2.remap(self._lids_to_shut, at / np.float32(self._tex_scale) - self._lids_origin, None,
+                                cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            shows = to_shut[..., 2:]
+            if shows.max() > 0.0:
+                sharp = cv2.remap(self._lids_shut, to_shut[..., :2], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                lid = (lid * (1.0 - shows) + sharp * shows + 0.5).astype(np.uint8)
             edge = self._upper_lid_edge(pose, side) - (x0, y0)
             ink = self._lash_ink(edge, (y1 - y0, x1 - x0), size, down)
             lash = np.empty_like(lid)
