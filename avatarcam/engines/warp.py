@@ -90,9 +90,9 @@ _IRIS_CONTRAST = 10.0
 _IRIS_MATTE_SHIFT = 0.3
 # Lid gaps within this share of the photo's show the iris's rim from the photo.
 _REST_BAND = 0.15
-# A narrowing eye is shaded under its upper lid, at most by this share, over at most this
-# share of the photo's lid gap.
-_LID_SHADOW, _LID_SHADOW_WIDTH = 0.55, 0.35
+# A narrowing eye is shaded under its upper lid, at the lid's edge at most by this share,
+# fading over at most this share of the photo's lid gap (the distance that leaves 37%).
+_LID_SHADOW, _LID_SHADOW_WIDTH = 0.65, 0.7
 # Triangles whose box holds more grid samples than this are filled one by one.
 _FILL_SAMPLES = 64
 # Where a grid sample's photo point lies this many samples' worth of photo off where its
@@ -1084,13 +1084,15 @@ class WarpEngine:
                 continue
             origin = np.array([x0, y0])
             edge = self._upper_lid_edge(pose, side) - origin
-            reach = max(1, round(_LID_SHADOW_WIDTH * narrow * self._lid_gap[side] / self.framing.scale))
-            shadow = np.zeros((y1 - y0, x1 - x0), np.float32)
-            cv2.polylines(shadow, [np.round(edge * 16).astype(np.int32)], False, 1.0, 2 * reach, cv2.LINE_AA, shift=4)
-            shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.7, 0.5 * reach))
-            opening = np.zeros_like(shadow)
+            reach = max(0.7, _LID_SHADOW_WIDTH * narrow * self._lid_gap[side] / self.framing.scale)
+            # Darkest at the lid's edge, fading with the distance below it (a shadow of even
+            # darkness over the opening's top read as a grey slab across the eye white).
+            line = np.full((y1 - y0, x1 - x0), 255, np.uint8)
+            cv2.polylines(line, [np.round(edge * 16).astype(np.int32)], False, 0, 1, cv2.LINE_8, shift=4)
+            away = cv2.distanceTransform(line, cv2.DIST_L2, 3)
+            opening = np.zeros(line.shape, np.float32)
             cv2.fillPoly(opening, [np.round((pts - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-            shade = 1.0 - (_LID_SHADOW * narrow) * np.minimum(1.5 * shadow, 1.0) * opening
+            shade = 1.0 - (_LID_SHADOW * narrow) * np.exp(-away / np.float32(reach)) * opening
             roi = image[y0:y1, x0:x1]
             roi[:] = (roi * shade[..., None] + 0.5).astype(np.uint8)
 
