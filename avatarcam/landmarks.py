@@ -163,27 +163,17 @@ def head_angles(points: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
-def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
-    """How much upper and lower teeth show in a frame, each 0..1, from its pixels.
-
-    Teeth are the pixels between the inner lips that are brighter than the lips and either
-    nearly grey or clearly less red than the lips (lips, tongue and the dark cavity are
-    darker or redder). The second test, relative to the lips, finds teeth in warm or dim
-    light, where they are as saturated as the skin. Each half of the opening is scored by
-    the share of such pixels in it, and not at all where they are as red as the lips: a pale
-    tongue, not teeth. Costs a few hundredths of a millisecond: only the mouth's box is
-    looked at."""
+def _mouth_pixels(image: np.ndarray, points: np.ndarray):
+    """The inner lips' box ``(x0, y0)``, the opening's pixels in it, those of them that look
+    like teeth, the box in Lab and the lips' median a* (None for a box under 3 pixels)."""
     import cv2
 
-    gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
-    if gap < 0.04 * mouth_width(points):
-        return 0.0, 0.0
     ring = points[INNER_LIPS_IDS, :2]
     h, w = image.shape[:2]
     x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 1, [w, h])
     if x1 - x0 < 3 or y1 - y0 < 3:
-        return 0.0, 0.0
+        return None
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(mask, [np.round(ring - (x0, y0)).astype(np.int32)], 1)
     box = np.ascontiguousarray(image[y0:y1, x0:x1])
@@ -196,21 +186,49 @@ def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     lip_l, lip_a = np.median(cv2.cvtColor(lip_rgb[None], cv2.COLOR_RGB2LAB)[0, :, :2].astype(np.float32), axis=0)
     grey = (hsv[..., 2] > max(1.1 * lip_v, 60)) & (hsv[..., 1] < 110)
     paler = (lab[..., 0] > max(1.08 * lip_l, 50)) & (lab[..., 1] < lip_a - 4)
-    teeth = (grey | paler) & (mask > 0)
+    return (int(x0), int(y0)), mask > 0, (grey | paler) & (mask > 0), lab, float(lip_a)
+
+
+def teeth_pixels(image: np.ndarray, points: np.ndarray) -> tuple[tuple[int, int], np.ndarray, np.ndarray] | None:
+    """The pixels between the inner lips that look like teeth (or a pale tongue: see
+    :func:`teeth_showing`): the box's corner ``(x0, y0)`` in the image, the opening's pixels
+    in the box and the teeth-like ones among them (bool masks); None where the box is under
+    3 pixels."""
+    found = _mouth_pixels(image, points)
+    return None if found is None else found[:3]
+
+
+def teeth_showing(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
+    """How much upper and lower teeth show in a frame, each 0..1, from its pixels.
+
+    Teeth are the pixels between the inner lips that are brighter than the lips and either
+    nearly grey or clearly less red than the lips (lips, tongue and the dark cavity are
+    darker or redder). The second test, relative to the lips, finds teeth in warm or dim
+    light, where they are as saturated as the skin. Each half of the opening is scored by
+    the share of such pixels in it, and not at all where they are as red as the lips: a pale
+    tongue, not teeth. Costs a few hundredths of a millisecond: only the mouth's box is
+    looked at."""
+    gap = _dist(points, UPPER_LIP_MID, LOWER_LIP_MID)
+    if gap < 0.04 * mouth_width(points):
+        return 0.0, 0.0
+    found = _mouth_pixels(image, points)
+    if found is None:
+        return 0.0, 0.0
+    (_, y0), mask, teeth, lab, lip_a = found
     # Each half of the opening: its pixels, and the teeth among them.
     mid = 0.5 * (points[UPPER_LIP_MID, 1] + points[LOWER_LIP_MID, 1]) - y0
     split = int(np.clip(np.ceil(mid), 0, mask.shape[0]))
     scores = []
     for rows in (slice(0, split), slice(split, None)):
         inside = int(mask[rows].sum())
-        found = teeth[rows]
-        if not inside or not found.any():
+        found_rows = teeth[rows]
+        if not inside or not found_rows.any():
             scores.append(0.0)
             continue
         # A pale tongue passes the tests above too, but it is as red as the lips; teeth,
         # in any light, a few levels less (shared clips: teeth 1.5-17 below the lips' a*,
         # tongues 1 below to 3 above).
-        redder = float(np.median(lab[rows][..., 1][found])) - lip_a
+        redder = float(np.median(lab[rows][..., 1][found_rows])) - lip_a
         not_tongue = float(np.clip((_TONGUE_REDNESS - redder) / _TONGUE_RAMP, 0.0, 1.0))
-        scores.append(float(np.clip(2.5 * found.sum() / inside, 0.0, 1.0)) * not_tongue)
+        scores.append(float(np.clip(2.5 * found_rows.sum() / inside, 0.0, 1.0)) * not_tongue)
     return scores[0], scores[1]

@@ -64,17 +64,32 @@ _LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
 # How far each teeth row reaches from its lip at the mouth's middle when the driver shows it
 # clearly, in mouth widths, against the lip gap in mouth widths. From the shared clips' frames
 # that show teeth (upper teeth 0.05 of the width at a tenth's gap, 0.15 wide open; lower ones
-# mostly hidden until the jaw drops), raised a little for the lip's shadow and blur that the
-# same measure loses on renders. A row shown less clearly in the driver reaches less far.
+# mostly hidden until the jaw drops), raised for the lip's shadow and blur that the same
+# measure loses on renders until the teeth fill the middle of a smile's opening as fully as
+# in those frames, and capped at a front tooth's length (a fifth of the mouth's width). A row
+# the driver shows only faintly (under half its teeth score) reaches less far.
 _TEETH_GAPS = (0.0, 0.1, 0.22, 0.4, 0.65)
-_TEETH_UPPER = (0.0, 0.08, 0.1, 0.12, 0.19)
-_TEETH_LOWER = (0.0, 0.025, 0.075, 0.14, 0.16)
+_TEETH_UPPER = (0.0, 0.1, 0.13, 0.16, 0.19)
+_TEETH_LOWER = (0.0, 0.03, 0.1, 0.16, 0.16)
 # A biting edge lies at most this many mouth widths further from its lip than the teeth
 # are long (a lip drawn back shows more of a tooth; a lip shaped unlike an arch, as a mouth
 # opened wide seen three-quarters is, would show all of one).
 _BITE_SLACK = 0.05
-# Width of one front tooth, in half mouth widths.
-_TOOTH_WIDTH = 0.17
+# Apparent width of the upper and lower front teeth (central incisors, about 8.5 and 5.3 mm of
+# a 50 mm mouth), in half mouth widths, and how much narrower each tooth further back looks:
+# upper ones by the golden proportion (central : lateral : canine = 1.618 : 1 : 0.618), lower
+# ones more slowly (their lateral incisors are wider than the central ones). Evenly sized
+# teeth along the whole row read as dentures.
+_INCISOR_WIDTHS = (0.34, 0.21)
+_TOOTH_STEPS = (0.618, 0.8)
+# The rows shorten towards the mouth's corners and end this far along to them (lips parted
+# a little, opened wide), leaving dark corridors there: in the shared clips' smiles teeth
+# fill about half of the opening's middle fifth, a quarter at 0.4-0.6 of the way to a
+# corner and almost none beyond 0.8; a mouth opened wide shows them further out.
+_TEETH_END_GAPS, _TEETH_END = (0.25, 0.5), (0.7, 0.9)
+# Lower teeth lie a little further back, in the upper row's shade (shared clips: lightness
+# 0.96 of the upper teeth's).
+_LOWER_TEETH_SHADE = 0.93
 # The iris layer reaches a little past MediaPipe's iris radius, to take the dark limbus.
 _IRIS_REACH = 1.15
 # Dark pixels of the eye opening within this many iris radii are the iris's rim, not sclera.
@@ -1256,22 +1271,29 @@ class WarpEngine:
         gap = np.maximum(a_bottom - a_top, 0.0)
         opening = max(float(lip_edge(bottom, np.zeros(1))[0] - lip_edge(top, np.zeros(1))[0]), 0.0) / mouth
         u = s_px / (0.5 * width)  # -1..1 from one mouth corner to the other
-        arch = np.sqrt(np.clip(1.0 - (np.abs(u) / 0.92) ** 3, 0.0, 1.0))
-        # Across each tooth -0.5..0.5 (the middle of the mouth is the gap between the two
-        # front teeth); each tooth's biting edge rounds off towards its sides.
-        across_tooth = (np.abs(u) / _TOOTH_WIDTH) % 1.0 - 0.5
-        squared = across_tooth * across_tooth
-        rounded = 1.0 - 1.6 * squared * squared  # 1 mid-tooth, 0.9 at its sides
+        side = np.abs(u)
+        arch = np.clip(1.0 - (side / float(np.interp(opening, _TEETH_END_GAPS, _TEETH_END))) ** 2, 0.0, 1.0)
         teeth = np.zeros(fill.shape[:2], np.float32)
         tone = np.ones(fill.shape[:2], np.float32)
         tips = np.zeros(fill.shape[:2], np.float32)
+        between = np.full(fill.shape[:2], np.inf, np.float32)  # pixels from a gap between teeth
         # Each row reaches from its lip into the mouth, but never across it: however wide the
         # teeth show, a dark gap stays between the rows (a solid pale bar reads as a third lip).
-        for t_edge, t_arch, amount, shown, share, sign in ((t_top, a_top, upper, _TEETH_UPPER, 0.55, 1.0),
-                                                           (t_bottom, a_bottom, lower, _TEETH_LOWER, 0.35, -1.0)):
+        for t_edge, t_arch, amount, shown, share, sign, incisor, step, shade_row in (
+                (t_top, a_top, upper, _TEETH_UPPER, 0.55, 1.0, _INCISOR_WIDTHS[0], _TOOTH_STEPS[0], 1.0),
+                (t_bottom, a_bottom, lower, _TEETH_LOWER, 0.35, -1.0, _INCISOR_WIDTHS[1], _TOOTH_STEPS[1],
+                 _LOWER_TEETH_SHADE)):
             if amount <= 0.05:
                 continue
-            reach = float(np.interp(opening, _TEETH_GAPS, shown)) * min(1.0, amount) * mouth
+            # Which tooth from the middle (the gap between the two front teeth), as a
+            # fraction: tooth k spans incisor * (1 - step^k) / (1 - step) onwards.
+            k = np.log(np.clip(1.0 - side * (1.0 - step) / incisor, 1e-6, 1.0)) / np.float32(np.log(step))
+            across_tooth = k % 1.0 - 0.5  # -0.5..0.5 across each tooth
+            tooth_px = incisor * step ** np.floor(k) * 0.5 * width
+            # Each biting edge is square but for its rounded corners (0.94 at its sides): a
+            # tooth rounded all across notched the row at every gap.
+            rounded = 1.0 - 0.06 * np.clip((np.abs(across_tooth) - 0.35) / 0.15, 0.0, 1.0) ** 2
+            reach = float(np.interp(opening, _TEETH_GAPS, shown)) * min(1.0, 2.0 * amount) * mouth
             length = np.minimum(reach * arch * rounded, share * gap)
             depth = sign * (t_px - t_edge)  # pixels into the mouth from this lip
             # Pixels short of the biting edge, which lies at most _BITE_SLACK mouth widths
@@ -1283,14 +1305,14 @@ class WarpEngine:
             into = np.clip(1.0 - bite / np.maximum(length, 1e-3), 0.0, 1.0)
             shade = (0.88 + 0.12 * np.clip(into / 0.3, 0.0, 1.0)) * (1.0 - 0.12 * np.clip((into - 0.8) / 0.2, 0.0, 1.0))
             nearer = row > teeth
-            tone = np.where(nearer, shade, tone)
+            tone = np.where(nearer, shade * shade_row, tone)
             tips = np.where(nearer, into, tips)
+            between = np.where(nearer, (np.abs(across_tooth) - 0.5) * tooth_px, between)
             teeth = np.maximum(teeth, row)
         # Shading: darker towards the mouth corners, where the teeth curve away into the
         # cavity, with thin shaded gaps between the teeth, plainest at their tips; softened
         # a little.
         light = 0.7 + 0.3 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
-        between = (np.abs(across_tooth) - 0.5) * _TOOTH_WIDTH * 0.5 * width  # pixels from a gap
         light *= 1.0 - (0.03 + 0.09 * tips) * np.exp(-between * between)
         teeth = cv2.GaussianBlur(teeth, (3, 3), 0)[..., None]
         color = self._teeth_color[None, None, :] * (light * tone)[..., None]
