@@ -163,7 +163,7 @@ def head_angles(points: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
-def _mouth_pixels(image: np.ndarray, points: np.ndarray):
+def _mouth_pixels(image: np.ndarray, points: np.ndarray) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, float] | None:
     """The inner lips' box ``(x0, y0)``, the opening's pixels in it, those of them that look
     like teeth, the box in Lab and the lips' median a* (None for a box under 3 pixels)."""
     import cv2

@@ -524,8 +524,8 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     where = np.where(inside[..., None], moved_to, np.dstack([xs, ys]))
     where = np.where(cover[..., None], squeeze, where)
     to_shut = np.dstack([where, cover * (1.0 - strip[..., 0])]).astype(np.float32)
-    as_uint8 = lambda image: np.clip(image + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
-    return as_uint8(out), np.array([x0, y0, x1, y1], dtype=np.int32), lash.astype(np.float32), as_uint8(closed), to_shut
+    out, closed = (np.clip(image + 0.5, 0, 255).astype(np.uint8) for image in (out, closed))
+    return out, np.array([x0, y0, x1, y1], dtype=np.int32), lash.astype(np.float32), closed, to_shut
 
 
 def _sample_above(image: np.ndarray, points: np.ndarray, heights: np.ndarray, down: np.ndarray) -> np.ndarray:
