@@ -124,6 +124,17 @@ def _driver_frames(path, frames):
     return faces
 
 
+def _first_frame_rig(faces, folder):
+    """An avatar made from the first of ``faces`` (``(image, landmarks)`` of a clip, saved in
+    ``folder``), its retargeter with that frame as the neutral, and its warp engine:
+    ``(retarget, engine)``."""
+    photo = folder / "first_frame.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
+    avatar, _ = prepare([photo])
+    _, retarget, engine = warp_rig(avatar, faces[0][1])
+    return retarget, engine
+
+
 @pytest.fixture(scope="module")
 def blinking_driver(shared_data):
     """A real blink: a man in glasses talking to his webcam closes his eyes in frame ~11."""
@@ -185,9 +196,7 @@ def test_a_shut_lid_is_not_streaked(shared_data, blinking_driver, portrait):
     1.19 and 1.08)."""
     neutral, closed, _ = blinking_driver
     avatar, _ = prepare([shared_data / "portraits" / portrait])
-    retarget = Retargeter(avatar.landmarks, avatar.proportions)
-    retarget.set_neutral(neutral)
-    engine = WarpEngine(avatar)
+    _, retarget, engine = warp_rig(avatar, neutral)
     pose = retarget.pose(retarget.target(closed))
     image = engine.render(pose)
     shut = detect(image)
@@ -314,13 +323,9 @@ def test_shut_eyes_lash_line_has_the_persons_lash_colour(shared_data, tmp_path):
     openings = [lm.eye_opening(p) for _, p in faces]
     closed = int(np.argmin(openings))
     assert openings[closed] < 0.2 * openings[0]  # she really shuts her eyes
-    photo = tmp_path / "first_frame.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
-    avatar, _ = prepare([photo])
-    retarget = Retargeter(avatar.landmarks, avatar.proportions)
-    retarget.set_neutral(faces[0][1])
+    retarget, engine = _first_frame_rig(faces, tmp_path)
     target = retarget.target(faces[closed][1])
-    out = WarpEngine(avatar).render(retarget.pose(target))
+    out = engine.render(retarget.pose(target))
     real = _lash_line_colour(faces[closed][0], faces[closed][1])
     assert np.abs(_lash_line_colour(out, target) - real).sum() < 15
 
@@ -724,12 +729,7 @@ def test_teeth_reach_as_far_as_real_teeth(shared_data, tmp_path):
     about as far from its lips as hers do, at the mouth's middle (0.89 and 0.78 of hers,
     upper and lower row; once the lower row reached half as far, 0.50)."""
     faces = _driver_frames(shared_data / "driving" / "lp_d6_woman_funny_faces_long.mp4", 150)
-    photo = tmp_path / "first_frame.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
-    avatar, _ = prepare([photo])
-    retarget = Retargeter(avatar.landmarks, avatar.proportions)
-    retarget.set_neutral(faces[0][1])
-    engine = WarpEngine(avatar)
+    retarget, engine = _first_frame_rig(faces, tmp_path)
     ratios = []
     for image, points in faces[::2]:
         teeth = lm.teeth_showing(image, points)
@@ -768,12 +768,7 @@ def test_teeth_fill_a_smiles_middle_and_leave_its_corners_dark(shared_data, tmp_
     middle, and the sides 0.56 and 1.1 times as much as the middle; now 0.75 and 0.93 of
     hers, the sides 0.14 and 0.09 times the middle."""
     faces = _driver_frames(shared_data / "driving" / clip, 150)
-    photo = tmp_path / "first_frame.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(faces[0][0], cv2.COLOR_RGB2BGR))
-    avatar, _ = prepare([photo])
-    retarget = Retargeter(avatar.landmarks, avatar.proportions)
-    retarget.set_neutral(faces[0][1])
-    engine = WarpEngine(avatar)
+    retarget, engine = _first_frame_rig(faces, tmp_path)
     real, rendered = [], []
     for image, points in faces[::2]:
         teeth = lm.teeth_showing(image, points)

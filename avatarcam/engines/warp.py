@@ -519,9 +519,9 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     # moves nothing, the two pictures agree pixel for pixel, and the eye's own triangles
     # continue the band's map below it: the engine samples the map between pixels, and a
     # map that jumped at the band's edge left a dotted seam there.
-    moved_to, inside = _mesh_values(moved, src, shut, shape)
+    opened_to, in_eye = _mesh_values(eye_triangles, src, shut, shape)  # the band's map is squeeze
     ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-    where = np.where(inside[..., None], moved_to, np.dstack([xs, ys]))
+    where = np.where(in_eye[..., None], opened_to, np.dstack([xs, ys]))
     where = np.where(cover[..., None], squeeze, where)
     to_shut = np.dstack([where, cover * (1.0 - strip[..., 0])]).astype(np.float32)
     out, closed = (np.clip(image + 0.5, 0, 255).astype(np.uint8) for image in (out, closed))
