@@ -39,7 +39,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-9"
+VERSION = "warp-10"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -448,14 +448,13 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     shown = np.where(lid[..., None], warped, patch)
     t = lookup[..., 2]
 
-    # Nothing much darker than the skin around the eye (lashes, brows, a glasses frame)
-    # lends the lid its colour.
-    reach = max(3, round(0.3 * eye_w)) | 1
-    lid8 = lid.astype(np.uint8)
-    near = cv2.dilate(lid8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))) > 0
-    rim = cv2.dilate(lid8, np.ones((5, 5), np.uint8)) > 0
-    around = luma[near & ~rim]
-    dark = luma < 0.7 * (np.median(around) if len(around) else luma.mean())
+    # Nothing much darker than the skin right around it (lashes, brows, a glasses frame)
+    # lends the lid its colour. A lid in shadow is not such: measured against all the skin
+    # around both eyes, the lid of an eye in shadow (a turned head, the side of the nose)
+    # counted as dark, and its shut lid took the colour of distant lit skin, a pale patch.
+    rim = cv2.dilate(lid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    k = max(3, round(0.2 * eye_w)) | 1
+    dark = luma < 0.7 * cv2.morphologyEx(luma, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     below = np.zeros(shape, np.uint8)  # the lower lids and the cheek under them
     for _, lower in lm.LID_IDS.values():
         poly = np.vstack([src[lower], src[lower][::-1] + 0.6 * eye_w * down])
