@@ -454,7 +454,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     # counted as dark, and its shut lid took the colour of distant lit skin, a pale patch.
     rim = cv2.dilate(lid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     k = max(3, round(0.2 * eye_w)) | 1
-    dark = luma < 0.7 * cv2.morphologyEx(luma, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    dark = luma < 0.65 * cv2.morphologyEx(luma, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     below = np.zeros(shape, np.uint8)  # the lower lids and the cheek under them
     for _, lower in lm.LID_IDS.values():
         poly = np.vstack([src[lower], src[lower][::-1] + 0.6 * eye_w * down])
