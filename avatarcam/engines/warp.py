@@ -448,10 +448,11 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     shown = np.where(lid[..., None], warped, patch)
     t = lookup[..., 2]
 
-    # Nothing much darker than the skin right around it (lashes, brows, a glasses frame)
-    # lends the lid its colour. A lid in shadow is not such: measured against all the skin
-    # around both eyes, the lid of an eye in shadow (a turned head, the side of the nose)
-    # counted as dark, and its shut lid took the colour of distant lit skin, a pale patch.
+    # Nothing much darker than the lightest skin right around it (within a fifth of the
+    # eye's width: lashes, brows, a glasses frame) lends the lid its colour. A lid in
+    # shadow is not such: measured against all the skin around both eyes, the lid of an
+    # eye in shadow (a turned head, the side of the nose) counted as dark, and its shut lid
+    # took the colour of distant lit skin, a pale patch.
     rim = cv2.dilate(lid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     k = max(3, round(0.2 * eye_w)) | 1
     dark = luma < 0.65 * cv2.morphologyEx(luma, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
