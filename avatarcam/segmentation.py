@@ -44,7 +44,9 @@ def fill_background(image: np.ndarray, mask: np.ndarray, work_size: int = 256) -
     exact values, so a still background stays exactly as in the photo.
 
     The fill runs on a downscaled copy (inpainting cost grows with the area filled) and
-    is blurred, since behind a head any sharp detail would be invented anyway.
+    is blurred, since behind a head any sharp detail would be invented anyway; only near
+    the person's outline, which a moving head uncovers, the background's own colours and
+    grain are continued into it, mirrored.
     """
     h, w = mask.shape
     hard = (mask > 0.05).astype(np.uint8)
@@ -60,11 +62,48 @@ def fill_background(image: np.ndarray, mask: np.ndarray, work_size: int = 256) -
     small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
     filled = push_pull_fill(small, 1.0 - small_hole.astype(np.float32))
     filled = cv2.resize(filled, (w, h), interpolation=cv2.INTER_CUBIC)
+    # Near the person, where a moving head uncovers it, the background continues as a
+    # mirror image of itself across the person's outline: a smooth fill there showed as a
+    # flat band of an averaged colour round the head (a glow on dark backgrounds).
+    filled = _mirror_into(image, hole, filled, reach=0.12 * max(h, w), smooth=0.02 * max(h, w))
     # Feather the fill into the real background over a few pixels.
     blend = cv2.GaussianBlur(hole.astype(np.float32), (0, 0), grow / 3)[..., None]
     blend = np.maximum(blend, hole[..., None].astype(np.float32))
     out = image.astype(np.float32) * (1.0 - blend) + filled.astype(np.float32) * blend
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _mirror_into(image: np.ndarray, hole: np.ndarray, fill: np.ndarray, reach: float, smooth: float,
+                 work_size: int = 1024) -> np.ndarray:
+    """``fill`` (float32, same size as ``image``) with the background mirrored into
+    ``hole`` across its nearest edge: in full at the edge, fading out ``reach`` pixels into
+    the hole. The mirror follows the edge smoothed over ``smooth`` pixels (mirrored across
+    each pixel's own nearest edge point, a ragged outline fanned the background into
+    spikes); where it would show another part of the hole or fall outside the photo,
+    ``fill`` shows. The mirror's geometry is worked out at most ``work_size`` pixels wide,
+    the photo sampled at its own size."""
+    h, w = hole.shape
+    scale = min(1.0, work_size / max(h, w))
+    small = cv2.resize(hole, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) if scale < 1.0 else hole
+    sh, sw = small.shape
+    dist, labels = cv2.distanceTransformWithLabels(small, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(small == 0)
+    nearest = np.zeros((int(labels.max()) + 1, 2), np.float32)
+    nearest[labels[ys, xs]] = np.column_stack([xs, ys])
+    edge = cv2.GaussianBlur(nearest[labels], (0, 0), max(smooth * scale, 0.5))
+    gy, gx = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    mx, my = 2.0 * edge[..., 0] - gx, 2.0 * edge[..., 1] - gy
+    inside = (mx >= 0) & (mx <= sw - 1) & (my >= 0) & (my <= sh - 1)
+    seen = small[np.clip(np.rint(my), 0, sh - 1).astype(int), np.clip(np.rint(mx), 0, sw - 1).astype(int)] == 0
+    weight = (inside & seen).astype(np.float32) * np.clip(1.0 - dist / (reach * scale), 0.0, 1.0)
+    weight = cv2.GaussianBlur(weight, (0, 0), max(smooth * scale / 2, 0.5))
+    if scale < 1.0:
+        # Pixel centres: small pixel i covers photo pixels around (i + 0.5) / scale - 0.5.
+        mx, my, weight = (cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR) for a in (mx, my, weight))
+        mx, my = (mx + 0.5) / scale - 0.5, (my + 0.5) / scale - 0.5
+    mirrored = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+    weight = weight[..., None]
+    return fill * (1.0 - weight) + mirrored * weight
 
 
 def push_pull_fill(image: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -46,6 +46,45 @@ def test_person_layer_covers_the_person_not_the_background(grace_avatar):
     assert np.abs(plate[face[1], face[0]] - skin).sum() > 60
 
 
+def _plate_at_the_outline(avatar):
+    """The background plate just inside the person's outline (1-4% of the photo's size in,
+    where a moving head uncovers it) against the photo's background just outside it (2-6%
+    out): RMS of the fine detail (finer than a couple of pixels) inside over outside, and
+    the difference of their median grey levels."""
+    plate = cv2.cvtColor(avatar.engine_data["background"], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    photo = cv2.cvtColor(avatar.image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    person = (_person_alpha(avatar) > 0.5).astype(np.uint8)
+    size = max(person.shape)
+    into = cv2.distanceTransform(person, cv2.DIST_L2, 5)
+    out_of = cv2.distanceTransform(1 - person, cv2.DIST_L2, 5)
+    inner = (person > 0) & (into > 0.01 * size) & (into < 0.04 * size)
+    outer = (person == 0) & (out_of > 0.02 * size) & (out_of < 0.06 * size)
+
+    def fine(image):
+        return image - cv2.GaussianBlur(image, (0, 0), 2.0)
+
+    grain = float(np.sqrt(np.mean(fine(plate)[inner] ** 2) / np.mean(fine(photo)[outer] ** 2)))
+    return grain, float(np.median(plate[inner]) - np.median(photo[outer]))
+
+
+def test_background_uncovered_by_the_head_continues_the_real_one(grace_avatar):
+    """Behind the head the plate was one smooth fill of the background's average colour,
+    and a moving head uncovered it as a flat band round the head, a glow on a dark
+    background. Near the outline it now continues the background's own colours and grain
+    (Grace Hopper: grain 0.03 -> 0.62 of the background's, tone -23 -> -4 grey levels)."""
+    grain, tone = _plate_at_the_outline(grace_avatar)
+    assert grain > 0.3 and abs(tone) < 10
+
+
+@pytest.mark.shared
+def test_no_glow_round_a_paintings_moving_head(shared_data):
+    """Mona Lisa's dark landscape: the fill behind her was 14 grey levels lighter than the
+    background beside her hair, with 0.06 of its grain (now -2 and 0.51)."""
+    avatar, _ = prepare([shared_data / "portraits" / "mona_lisa__avatarify_mona.jpg"])
+    grain, tone = _plate_at_the_outline(avatar)
+    assert grain > 0.3 and abs(tone) < 6
+
+
 def test_moving_head_reveals_background_and_leaves_it_still(grace_rig, grace_avatar):
     driver, retarget, engine = grace_rig
     width = lm.face_width(driver)
