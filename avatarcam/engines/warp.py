@@ -47,6 +47,7 @@ _EYE_RINGS = {"right": _RIGHT_EYE_RING, "left": _LEFT_EYE_RING}
 # The same as index arrays for the per-frame code (numpy converts a tuple on every use).
 _EYE_RING_IDS = {side: np.array(ring) for side, ring in _EYE_RINGS.items()}
 _IRIS_IDS = (np.array(lm.RIGHT_IRIS), np.array(lm.LEFT_IRIS))
+_FACE_OVAL_IDS = np.array(lm.FACE_OVAL)
 # Rings closer than this many face heights to the photo's border follow the head less.
 _EDGE_TAPER = 0.3
 # Face outline points level with the ears (the head's sides).
@@ -797,11 +798,13 @@ class WarpEngine:
         if not alpha:
             return dense.copy(), None, None  # the buffer is the next frame's
         # Where the face has turned away from the camera, its outline cuts across the mesh
-        # behind it: the coarse map would blur the two into a smeared, stepped edge.
-        mend = None
+        # behind it, and so does its edge where it moves over what lies around it (a chin
+        # lowered over the collar): the coarse map would blur the two into a smeared,
+        # stepped edge. Only cells where the map does jump are drawn per pixel.
+        outline = self._face_edge(grid)
         if not visible.all():
-            outline = self._turned_edges(visible, grid)
-            mend = self._silhouette(corners, affine, box, src, c, outline, dense)
+            outline |= self._turned_edges(visible, grid)
+        mend = self._silhouette(corners, affine, box, src, c, outline, dense)
         # The person's alpha at each grid sample's source point; where nothing moved the
         # photo itself shows (background and soft hair edge alike), so the filled-in
         # plate appears only where the person moved away. A soft mask needs no per-pixel
@@ -812,6 +815,13 @@ class WarpEngine:
         still = np.clip(2.0 - moved, 0.0, 1.0)
         weight = np.maximum(person.astype(np.float32) * np.float32(1.0 / 255.0), still)
         return dense, weight, mend
+
+    def _face_edge(self, grid: np.ndarray) -> np.ndarray:
+        """Grid samples within a sample of the face's outer edge (its oval), as a boolean
+        grid (``grid``: the mesh points in grid units)."""
+        mask = np.zeros((self._grid_h, self._grid_w), np.uint8)
+        cv2.polylines(mask, [np.round(grid[_FACE_OVAL_IDS] * 16).astype(np.int32)], True, 1, 3, cv2.LINE_8, shift=4)
+        return mask > 0
 
     def _turned_edges(self, visible: np.ndarray, grid: np.ndarray) -> np.ndarray:
         """Grid samples within a sample of an edge that a shown face triangle shares with
@@ -828,16 +838,16 @@ class WarpEngine:
 
     def _silhouette(self, corners: np.ndarray, affine: np.ndarray, box: np.ndarray, src: np.ndarray,
                     coefficients: list[np.ndarray], outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
-        """Where the map jumps along the face's turned-away outline (a cheek or the side of
-        the nose turned away, over what lies behind it), each pixel's photo points at
-        _SUPERSAMPLE x _SUPERSAMPLE places in it, each from the nearest triangle there;
-        None where there is no such jump.
+        """Where the map jumps along the face's outline (a cheek or the side of the nose
+        turned away, over what lies behind it; a chin moved over the collar), each pixel's
+        photo points at _SUPERSAMPLE x _SUPERSAMPLE places in it, each from the nearest
+        triangle there; None where there is no such jump.
 
         ``corners``: the triangles in drawing order, in grid units, ``affine`` and ``box``
         their maps and source boxes; ``src`` the grid's source points and ``coefficients``
         each sample's triangle's map (six grids, as in ``affine``); ``outline`` the samples
-        along the turned-away outline, ``dense`` the coarse map (kept where no triangle
-        lies: a fold's gap, which it fills)."""
+        along the outline, ``dense`` the coarse map (kept where no triangle lies: a fold's
+        gap, which it fills)."""
         if not outline.any():
             return None
         step = self.grid_step
@@ -1030,7 +1040,8 @@ class WarpEngine:
         return self._composite(person, weight)
 
     def _draw_outline(self, image: np.ndarray, mend: _Mend) -> None:
-        """The pixels along a turned-away outline, each the mean of its photo points."""
+        """The pixels along the face's outline where the map jumps, each the mean of its
+        photo points."""
         for at, sources in (mend.whole, mend.split):
             if len(sources):
                 colours = cv2.remap(self._texture, sources, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
