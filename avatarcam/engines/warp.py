@@ -282,7 +282,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
     luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
     for k, ((center, radius), ring) in enumerate(zip(circles, _EYE_RINGS.values())):
         opening = np.zeros(patch.shape[:2], np.float32)
-        cv2.fillPoly(opening, [np.round((points[list(ring), :2] - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        cv2.fillPoly(opening, [np.round((points[list(ring), :2] - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_8, shift=4)
         inside = opening.copy()
         # Lid edges are not sclera; nor is the opening's soft rim painted with it, where the
         # iris drawn clipped by the same rim would let it through.
@@ -341,10 +341,21 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
 
 
 def _draw_disc(canvas: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
-    """A filled anti-aliased disc of value 1 drawn into float ``canvas`` at sub-pixel
-    ``center`` (x, y) and ``radius``, in pixels; returns ``canvas``."""
-    cv2.circle(canvas, tuple(np.round(np.asarray(center) * 16).astype(int)), round(radius * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+    """A filled hard-edged disc of value 1 drawn into float ``canvas`` at sub-pixel
+    ``center`` (x, y) and ``radius``, in pixels; returns ``canvas``. The eye layers count
+    its pixels as iris or not (drawn with a soft rim, the eye white filled in under a
+    moved iris came out greyer)."""
+    cv2.circle(canvas, tuple(np.round(np.asarray(center) * 16).astype(int)), round(radius * 16), 1.0, -1, cv2.LINE_8, shift=4)
     return canvas
+
+
+def _soft_polygon(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
+    """``polygon`` (N, 2 sub-pixel x, y) filled anti-aliased, float32 0..1 of ``shape``.
+    OpenCV anti-aliases only 8-bit images: drawn into a float one, LINE_AA gives the hard
+    staircase of LINE_8, which showed along the mouth's opening."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    return mask.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def _iris_in_eye(points: np.ndarray, center: np.ndarray, side: str) -> np.ndarray:
@@ -505,7 +516,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     strip = np.zeros(shape, np.float32)
     for _, lower in lm.LID_IDS.values():
         poly = np.vstack([src[lower] - 0.02 * eye_w * down, src[lower][::-1] + 0.1 * eye_w * down])
-        cv2.fillPoly(strip, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+        cv2.fillPoly(strip, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_8, shift=4)
     under = (below > 0) & ~dark & (strip == 0) & ~opening
     lower_skin = push_pull_fill(patch, under.astype(np.float32)) if under.sum() >= 20 else skin
     strip = cv2.GaussianBlur(strip, (0, 0), max(0.7, 0.02 * eye_w))[..., None]
@@ -1116,8 +1127,7 @@ class WarpEngine:
             line = np.full((y1 - y0, x1 - x0), 255, np.uint8)
             cv2.polylines(line, [np.round(edge * 16).astype(np.int32)], False, 0, 1, cv2.LINE_8, shift=4)
             away = cv2.distanceTransform(line, cv2.DIST_L2, 3)
-            opening = np.zeros(line.shape, np.float32)
-            cv2.fillPoly(opening, [np.round((pts - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+            opening = _soft_polygon(line.shape, pts - origin)
             shade = 1.0 - (_LID_SHADOW * narrow) * np.exp(-away / np.float32(reach)) * opening
             roi = image[y0:y1, x0:x1]
             roi[:] = (roi * shade[..., None] + 0.5).astype(np.uint8)
@@ -1217,9 +1227,7 @@ class WarpEngine:
         if x1 <= x0 or y1 <= y0:
             return
         origin = np.array([x0, y0], dtype=np.float64)
-        mask = np.zeros((y1 - y0, x1 - x0), np.float32)
-        cv2.fillPoly(mask, [np.round((ring - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-        mask = cv2.GaussianBlur(mask, (3, 3), 0)
+        mask = cv2.GaussianBlur(_soft_polygon((y1 - y0, x1 - x0), ring - origin), (3, 3), 0)
         fill = self._cavity(ring - origin, mask.shape, gap / max(self._mouth_width, 1e-6))
         upper, lower = pose.teeth
         if upper > 0.05 or lower > 0.05:
