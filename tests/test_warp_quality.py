@@ -217,6 +217,16 @@ def _lid_band(engine, pose, side):
     return band > 0.5, cv2.erode(shown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
 
 
+def _shut_by_a_real_blink(portrait, blinking_driver):
+    """``portrait`` driven from the blinking driver's first frame to its shut eyes: the
+    retargeter, the engine, the shut pose and its render."""
+    neutral, closed, _ = blinking_driver
+    avatar, _ = prepare([portrait])
+    _, retarget, engine = warp_rig(avatar, neutral)
+    pose = retarget.pose(retarget.target(closed))
+    return retarget, engine, pose, engine.render(pose)
+
+
 def _lid_grain_shape(engine, pose, image, side):
     """How round the fine grain of one shut eye's lid is in a render: RMS of its vertical
     over its horizontal gradients, taken on the detail finer than a pixel or two, over the
@@ -238,11 +248,7 @@ def test_a_shut_lid_is_not_streaked(shared_data, blinking_driver, portrait):
     open lid's own crease stretched with it: craquelure and grain ran down the lid in
     vertical streaks (Vermeer 0.76 and 0.59, Mona Lisa 1.19 and 0.84; now 1.02 and 0.85,
     1.19 and 1.08)."""
-    neutral, closed, _ = blinking_driver
-    avatar, _ = prepare([shared_data / "portraits" / portrait])
-    _, retarget, engine = warp_rig(avatar, neutral)
-    pose = retarget.pose(retarget.target(closed))
-    image = engine.render(pose)
+    retarget, engine, pose, image = _shut_by_a_real_blink(shared_data / "portraits" / portrait, blinking_driver)
     shut = detect(image)
     assert shut is not None and lm.eye_opening(shut) < 0.45 * lm.eye_opening(detect(engine.render(retarget.neutral_pose())))
     for side in ("right", "left"):
@@ -264,11 +270,8 @@ def test_a_shut_lid_in_a_paintings_shadow_is_not_a_pale_patch(shared_data, blink
     """Raphael's La Velata: her right eye lies in the shadow beside the nose; shut, its lid
     was a pale patch (1.70 of the open lid's lightness, the other eye 1.13; now 1.16 and
     1.18)."""
-    neutral, closed, _ = blinking_driver
-    avatar, _ = prepare([shared_data / "portraits" / "raphael_la_velata__liveportrait_s8.jpg"])
-    _, retarget, engine = warp_rig(avatar, neutral)
-    pose = retarget.pose(retarget.target(closed))
-    image = engine.render(pose)
+    _, engine, pose, image = _shut_by_a_real_blink(shared_data / "portraits" / "raphael_la_velata__liveportrait_s8.jpg",
+                                                   blinking_driver)
     for side in ("right", "left"):
         assert _shut_lid_lightness(engine, pose, image, side) < 1.3, side
 
