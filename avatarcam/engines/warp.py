@@ -39,7 +39,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-11"
+VERSION = "warp-12"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -104,6 +104,14 @@ _IRIS_CONTRAST = 10.0
 # all the sclera in its layer's rim; nearer, a share of it (none at rest, where the photo's
 # own pixels show).
 _IRIS_MATTE_SHIFT = 0.3
+# How bright an eye white is for where it lies in the eye, relative to its brightest: at
+# distances from the eye's centre along the corners' line (0 centre, 1 corner) and at
+# heights between the upper (0) and lower (1) lid. Measured on the shared real talking-head
+# clips, on the eye white an iris looking aside uncovers (outside 1.3 iris radii, first 150
+# frames): the front of the eyeball, which the iris covers in a photo, is the brightest;
+# the corners and the rims under the lids are in shade.
+_SCLERA_ALONG = ((0.1, 0.3, 0.5, 0.7, 0.9), (0.94, 0.91, 0.85, 0.74, 0.65))
+_SCLERA_ACROSS = ((0.1, 0.3, 0.5, 0.7, 0.9), (0.91, 0.98, 1.0, 0.98, 0.92))
 # Lid gaps within this share of the photo's show the iris's rim from the photo.
 _REST_BAND = 0.15
 # A narrowing eye is shaded under its upper lid, at the lid's edge at most by this share,
@@ -280,7 +288,7 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
     keeps = np.zeros((2, size, size), np.uint8)
     sclera = patch.copy()
     luma = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
-    for k, ((center, radius), ring) in enumerate(zip(circles, _EYE_RINGS.values())):
+    for k, ((center, radius), (side, ring)) in enumerate(zip(circles, _EYE_RINGS.items())):
         opening = np.zeros(patch.shape[:2], np.float32)
         cv2.fillPoly(opening, [np.round((points[list(ring), :2] - origin) * 16).astype(np.int32)], 1.0, cv2.LINE_8, shift=4)
         inside = opening.copy()
@@ -314,8 +322,15 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
                 span = max(sclera_luma - iris_luma, _IRIS_CONTRAST)
                 share = np.clip((iris_luma + span - luma) / span, 0.0, 1.0)
                 keep = np.where((layer > 0.5) & (core < 0.5) & (opening > 0.5), share, 1.0).astype(np.float32)
-        filled = membrane_fill(sclera, hidden | (opening <= 0.5) if white.sum() >= 4 else hidden)
-        cover = np.maximum(disc * opening, hidden)[..., None]
+        # Filled as the white's colour with its shading taken out, then put back: filled
+        # from the whites beside the iris, in the corners' shade, the white a look aside
+        # uncovers came out 43 grey levels darker than in real frames (self-reenactment).
+        shade = _sclera_shading(patch.shape[:2], inside, points[:, :2] - origin, side)[..., None]
+        filled = _soft_highlights(shade * membrane_fill(sclera / shade, hidden | (opening <= 0.5) if white.sum() >= 4 else hidden))
+        # The fill fades into the lid's rim over a pixel or two: cut off at the opening's
+        # pixels, it was a flat patch in a ring of steps once the lids opened wider.
+        rim = cv2.GaussianBlur(cv2.erode(_soft_polygon(opening.shape, points[list(ring), :2] - origin), np.ones((3, 3), np.uint8)), (0, 0), 0.8)
+        cover = (np.maximum(disc * opening, hidden) * rim)[..., None]
         sclera = sclera * (1.0 - cover) + filled * cover
         # Iris: its visible pixels, spread under the lids.
         valid = disc * opening
@@ -338,6 +353,30 @@ def _eye_layers(image: np.ndarray, points: np.ndarray, box: np.ndarray) -> tuple
             layers[k] = np.dstack([rgb, (alpha * 255 + 0.5).astype(np.uint8)])
     geometry = np.array([[*c, r, *np.round(c)] for c, r in circles], dtype=np.float32)
     return np.clip(sclera + 0.5, 0, 255).astype(np.uint8), irises, fills, keeps, geometry
+
+
+def _sclera_shading(shape: tuple[int, int], inside: np.ndarray, points: np.ndarray, side: str) -> np.ndarray:
+    """How bright each pixel of an eye's white would be relative to its brightest, from
+    where it lies in the eye (``inside``: the eye's opening, 0/1 of ``shape``; ``points``:
+    landmarks in the same pixels): _SCLERA_ALONG times _SCLERA_ACROSS. float32 ``shape``."""
+    a, b = points[lm.EYE_CORNER_IDS[side], :2]
+    half = max(float(np.linalg.norm(b - a)) / 2.0, 1e-6)
+    along = (b - a) / (2.0 * half)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    h = np.abs((xs - (a[0] + b[0]) / 2.0) * along[0] + (ys - (a[1] + b[1]) / 2.0) * along[1]) / half
+    # Height between the lids in each column of the opening (0.5 outside it: unused there).
+    cols = inside.any(axis=0)
+    top = np.where(cols, inside.argmax(axis=0), 0).astype(np.float32)
+    bottom = np.where(cols, shape[0] - inside[::-1].argmax(axis=0), 1).astype(np.float32)
+    v = np.where(cols, (ys - top + 0.5) / np.maximum(bottom - top, 1.0), 0.5)
+    return (np.interp(h, *_SCLERA_ALONG) * np.interp(v, *_SCLERA_ACROSS)).astype(np.float32)
+
+
+def _soft_highlights(image: np.ndarray, knee: float = 204.0) -> np.ndarray:
+    """Float ``image`` with values over ``knee`` rolled off smoothly below 255: clipped, the
+    brightened eye white of a bright photo was a flat white patch."""
+    over = np.maximum(image - knee, 0.0)
+    return image - over + (255.0 - knee) * np.tanh(over / (255.0 - knee))
 
 
 def _draw_disc(canvas: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:
