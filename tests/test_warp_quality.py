@@ -623,7 +623,7 @@ def _uncovered_white_error(faces, retarget, engine) -> list[float]:
 
 
 @pytest.mark.shared
-def test_eye_white_a_look_aside_uncovers_is_as_bright_as_a_real_one(shared_data, tmp_path):
+def test_eye_white_a_look_aside_uncovers_nears_the_real_ones_brightness(shared_data, tmp_path):
     """The front of an eyeball, which the iris covers in a photo, is its brightest white;
     the whites a photo shows beside the iris are in the shade of the corners and lids. Filled
     from those without that shading, the white a look aside uncovered was 43 grey levels
