@@ -1273,7 +1273,9 @@ class WarpEngine:
             corners = self.framing.to_output(pose.xy[list(lm.MOUTH_CORNERS)])
             mouth = max(float(np.linalg.norm(corners[1] - corners[0])), 1.0)
             self._draw_teeth(fill, ring - origin, upper, lower, mouth)
-        alpha = (mask * (0.92 * strength))[..., None]
+        # Wholly opaque: the lips, stretched from top to bottom across the opening, showed
+        # through a 92% cavity as vertical streaks.
+        alpha = (mask * strength)[..., None]
         roi = image[y0:y1, x0:x1]
         roi[:] = (roi * (1.0 - alpha) + fill * alpha).astype(np.uint8)
 
