@@ -794,6 +794,52 @@ def test_teeth_show_as_an_arch_not_a_band_round_the_mouth(grace_rig):
     assert sides < 0.35 * front  # 0.5 when the band was even all round
 
 
+def _teeth_beyond_their_rows_end(engine, pose) -> tuple[int, int]:
+    """The pixels the teeth brighten in a render of ``pose``, and how many of them lie
+    beyond where the rows end (warp's _TEETH_END, plus 3% of the way to the corners for
+    the blur): ``(teeth, beyond)``."""
+    from avatarcam.engines.warp import _TEETH_END, _TEETH_END_GAPS
+
+    dark = engine.render(dataclasses.replace(pose, teeth=(0.0, 0.0))).astype(float).mean(axis=2)
+    ys, xs = np.nonzero(engine.render(pose).astype(float).mean(axis=2) - dark > 25)
+    a, b = engine.framing.to_output(pose.xy[[lm.INNER_LIP_UPPER[0], lm.INNER_LIP_UPPER[-1]]])
+    u = np.abs((np.stack([xs, ys], axis=1) - 0.5 * (a + b)) @ (b - a)) / (0.5 * np.dot(b - a, b - a))
+    gap = np.linalg.norm(pose.xy[lm.LOWER_LIP_MID] - pose.xy[lm.UPPER_LIP_MID]) / lm.mouth_width(pose.xy)
+    return len(u), int((u > np.interp(gap, _TEETH_END_GAPS, _TEETH_END) + 0.03).sum())
+
+
+@pytest.mark.parametrize("face", ["grace", "astronaut"])
+def test_no_tooth_shows_beyond_its_rows_end(grace_avatar, astronaut_avatar, face):
+    """Where a lip's edge bows further from the mouth's middle than the arch the teeth bite
+    along, the teeth reached out to the lip even past the row's end: a thin white rim along
+    the lower lip into the corner (3.4% of the teeth's pixels on Grace, 4.6% on the
+    astronaut, mouth opened a quarter of its width, both rows; now none)."""
+    avatar = grace_avatar if face == "grace" else astronaut_avatar
+    driver, retarget, engine = warp_rig(avatar, astronaut_avatar.landmarks)
+    target = retarget.target(open_mouth(driver, 0.25))
+    teeth, beyond = _teeth_beyond_their_rows_end(engine, retarget.pose(target, teeth=(1.0, 1.0)))
+    assert teeth > 200
+    assert beyond <= 0.005 * teeth
+
+
+@pytest.mark.shared
+def test_no_tooth_shows_beyond_its_rows_end_on_a_wide_smile(shared_data, astronaut_avatar):
+    """Obama's wide smile driven by a child talking (lp_d11): a mouth opened wide is rounder
+    than an arch, and 4.1% of the teeth's pixels lay past the rows' ends, a white crescent
+    along the lower lip; now 1 pixel in 53,000."""
+    obama, _ = prepare([shared_data / "portraits" / "obama_official__avatarify_obama.jpg"])
+    faces = _driver_frames(shared_data / "driving" / "lp_d11_child_greenscreen.mp4", 150)
+    _, retarget, engine = warp_rig(obama, faces[0][1])
+    teeth = beyond = 0
+    for image, points in faces[::3]:
+        shown = lm.teeth_showing(image, points)
+        if max(shown) > 0.05:
+            t, b = _teeth_beyond_their_rows_end(engine, retarget.pose(retarget.target(points), teeth=shown))
+            teeth, beyond = teeth + t, beyond + b
+    assert teeth > 20000
+    assert beyond < 0.01 * teeth
+
+
 @pytest.mark.shared
 def test_teeth_are_white_like_the_photos_eye_whites(shared_data, astronaut_avatar):
     """Obama's official portrait, warm-skinned in warm light: the teeth he shows when the

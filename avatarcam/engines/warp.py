@@ -74,7 +74,9 @@ _TEETH_UPPER = (0.0, 0.1, 0.13, 0.16, 0.19)
 _TEETH_LOWER = (0.0, 0.03, 0.1, 0.16, 0.16)
 # A biting edge lies at most this many mouth widths further from its lip than the teeth
 # are long (a lip drawn back shows more of a tooth; a lip shaped unlike an arch, as a mouth
-# opened wide seen three-quarters is, would show all of one).
+# opened wide seen three-quarters is, would show all of one). The slack shrinks with the
+# row towards its end: a mouth opened wide is rounder than an arch, and at full slack its
+# lower lip showed a white rim of teeth right into the corners.
 _BITE_SLACK = 0.05
 # Apparent width of the upper and lower front teeth (central incisors, about 8.5 and 5.3 mm of
 # a 50 mm mouth), in half mouth widths, and how much narrower each tooth further back looks:
@@ -1357,8 +1359,8 @@ class WarpEngine:
             length = np.minimum(reach * arch * rounded, share * gap)
             depth = sign * (t_px - t_edge)  # pixels into the mouth from this lip
             # Pixels short of the biting edge, which lies at most _BITE_SLACK mouth widths
-            # further from the lip than the teeth are long.
-            bite = np.minimum(length - sign * (t_px - t_arch), length + _BITE_SLACK * mouth - depth)
+            # (less towards the row's end) further from the lip than the teeth are long.
+            bite = np.minimum(length - sign * (t_px - t_arch), length + _BITE_SLACK * mouth * arch - depth)
             row = np.clip(depth + 1.0, 0.0, 1.0) * np.clip(bite + 0.5, 0.0, 1.0)
             # A little in the lip's shadow just under it, and a little translucent, so
             # darker, along the biting edge.
