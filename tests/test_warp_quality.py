@@ -1112,6 +1112,42 @@ def test_a_cheek_turned_away_keeps_a_smooth_outline(grace_rig, degrees):
     assert bends.max() < 0.6, f"the outline bends by {bends.max():.2f} px between rows"
 
 
+def _hair_kept_above_the_forehead(engine, pose, avatar, share=0.12):
+    """How much of the photo's band of hair (or cap) just above the forehead still shows
+    above the face's top edge in a render: the output pixels straight above the forehead's
+    top that show that band (``share`` of the face's height), over the band's height (1 as
+    in the photo)."""
+    top = avatar.landmarks[lm.FOREHEAD_TOP, :2]
+    height = share * lm.face_height(avatar.landmarks)
+    x, y = np.round(pose.xy[lm.FOREHEAD_TOP]).astype(int)
+    shown = engine.source_map(pose)[:y + 1, x]
+    inside = (shown[:, 1] >= top[1] - height) & (shown[:, 1] <= top[1]) & (np.abs(shown[:, 0] - top[0]) < height)
+    return float(inside.sum() / height)
+
+
+@pytest.mark.parametrize("face", ["grace", "astronaut"])
+def test_a_head_tipped_back_keeps_the_hair_above_its_forehead(face, grace_avatar, astronaut_avatar):
+    # Tipped back, the head's outline (at the ears' depth) slides down past the face's top
+    # edge (in front of it): at 20 degrees only 0.12 / 0.16 of the band above Grace's and
+    # the astronaut's foreheads still showed, the rest under the face, whose top edge cut
+    # straight across the hair (plain on Obama and the sadtalker woman: 0.04 and 0.05).
+    avatar, other = (grace_avatar, astronaut_avatar) if face == "grace" else (astronaut_avatar, grace_avatar)
+    driver, retarget, engine = warp_rig(avatar, other.landmarks)
+    assert _hair_kept_above_the_forehead(engine, retarget.pose(retarget.target(driver)), avatar) > 0.9
+    tipped = retarget.pose(retarget.target(turn(driver, pitch=20)))
+    assert _hair_kept_above_the_forehead(engine, tipped, avatar) > 0.3
+
+
+@pytest.mark.shared
+def test_portraits_tipped_back_keep_the_hair_above_their_foreheads(shared_data, astronaut_avatar):
+    kept = {}
+    for path in sorted((shared_data / "portraits").iterdir()):
+        avatar, _ = prepare([path])
+        driver, retarget, engine = warp_rig(avatar, astronaut_avatar.landmarks)
+        kept[path.stem] = _hair_kept_above_the_forehead(engine, retarget.pose(retarget.target(turn(driver, pitch=20))), avatar)
+    assert min(kept.values()) > 0.3, kept
+
+
 @pytest.mark.parametrize("degrees", [24, 28])
 def test_where_the_face_folds_away_no_patch_of_the_photo_stays_in_place(shared_data, degrees):
     # A head turning about the neck folds the sadtalker woman's cheek away beside her ear,

@@ -56,6 +56,9 @@ _EAR_LEVEL = (234, 454)
 # Background under the rings comes from the plate, so they can follow the head closely.
 _RING_FACTORS = (1.35, 1.9)
 _RING_WEIGHTS = (1.0, 0.85)
+# However far the head turns, an outer point stays at least this share of its photo
+# distance out from the face's edge.
+_OUTLINE_KEEP = 0.4
 # The lid texture fully replaces the eye once the lid gap falls to this share of the
 # photo's, and starts to show below _LID_START.
 _LID_START, _LID_FULL = 0.45, 0.2
@@ -660,6 +663,13 @@ class WarpEngine:
         self._extra_src = data["points"].astype(np.float64)
         self._extra_w = data["weights"].astype(np.float64)[:, None]
         self._extra_3d = np.hstack([self._extra_src, data["depths"].astype(np.float64)[:, None]])
+        # Each outer point's way out from the nearest point of the face's outline, in the photo.
+        oval = avatar.landmarks[_FACE_OVAL_IDS, :2].astype(np.float64)
+        near = np.linalg.norm(self._extra_src[:, None] - oval[None], axis=2).argmin(axis=1)
+        self._outline_ids = _FACE_OVAL_IDS[near]
+        self._outward = self._extra_src - oval[near]
+        self._outward_sq = np.maximum((self._outward ** 2).sum(axis=1), 1e-6)
+        self._moving = self._extra_w[:, 0] > 0.0
         self._stable_ids = np.array(lm.STABLE)
         self._stable_3d = avatar.landmarks[self._stable_ids].astype(np.float64)
         self._src = np.vstack([avatar.landmarks[:, :2], self._extra_src])
@@ -776,6 +786,13 @@ class WarpEngine:
         head = fit_similarity(self._stable_3d, pose.landmarks[self._stable_ids])
         moved = head.apply(self._extra_3d)[:, :2]
         extra = self._extra_src + self._extra_w * (moved - self._extra_src)
+        # The outer points (at the ears' depth) and the face's edge (in front of them) close
+        # in on each other as the head turns: tipped back 20 degrees, the hair above the
+        # forehead slid down under the face, whose top edge then cut straight across it.
+        # However far the head turns, each outer point keeps a share of its way out.
+        out = ((extra - pose.xy[self._outline_ids]) * self._outward).sum(axis=1) / self._outward_sq
+        short = np.where(self._moving, np.maximum(_OUTLINE_KEEP - out, 0.0), 0.0)
+        extra += short[:, None] * self._outward
         return np.vstack([pose.xy, extra])
 
     def source_map(self, pose: AvatarPose) -> np.ndarray:
