@@ -39,7 +39,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-12"
+VERSION = "warp-13"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -56,6 +56,12 @@ _EAR_LEVEL = (234, 454)
 # Background under the rings comes from the plate, so they can follow the head closely.
 _RING_FACTORS = (1.35, 1.9)
 _RING_WEIGHTS = (1.0, 0.85)
+# A ring this share of the face's width outside the hair above the eyes follows the head
+# in full, tapered only as it nears the border it moves towards: a head sinking from the
+# top of the photo then takes its hair along, and the stretch lies in the backdrop beyond
+# that ring, which the plate covers. The rings alone were tapered by the nearest border,
+# and left the hair behind, stretched up into a cone.
+_SILHOUETTE_GAP = 0.05
 # However far the head turns, an outer point stays at least this share of its photo
 # distance out from the face's edge.
 _OUTLINE_KEEP = 0.4
@@ -198,12 +204,22 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
         border += [(t * (w - 1), 0), ((w - 1), t * (h - 1)), ((1 - t) * (w - 1), h - 1), (0, (1 - t) * (h - 1))]
     border = np.array(border, dtype=np.float64)
 
+    alpha = person_mask(avatar.image, avatar.landmarks)
+    # MediaPipe's mask, upscaled from 256 px, fades over many pixels; a narrower edge
+    # keeps the plate from showing through the person's rim when the head moves.
+    alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
+
     outer: list[np.ndarray] = []
     weights: list[float] = []
+    tapered_along: list[bool] = []
     taken = [oval, border]
-    for factor, weight, stride in zip(_RING_FACTORS, _RING_WEIGHTS, (1, 2)):
-        for o in oval[::stride]:
-            p = center + factor * (o - center)
+    rings = [(factor, weight, oval[::stride]) for factor, weight, stride in zip(_RING_FACTORS, _RING_WEIGHTS, (1, 2))]
+    # Between the two, a ring just outside the hair above the eyes (see _SILHOUETTE_GAP).
+    above = oval[:, 1] < face[list(lm.RIGHT_EYE_CORNERS + lm.LEFT_EYE_CORNERS), 1].mean()
+    rings.insert(1, (None, 1.0, _silhouette(alpha, center, oval[above], _SILHOUETTE_GAP * avatar.proportions["face_width"])))
+    for factor, weight, points in rings:
+        for o in points:
+            p = center + factor * (o - center) if factor is not None else o
             # Keep rings inside the photo, so the border's own points are the only ones on it.
             p = np.clip(p, edge_gap, [w - 1 - edge_gap, h - 1 - edge_gap])
             if min(np.linalg.norm(t - p, axis=1).min() for t in taken + ([np.array(outer)] if outer else [])) < min_gap:
@@ -215,12 +231,16 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             # Near the photo's border (whose points never move) a ring follows the head less,
             # tapering evenly: a ring point at full weight beside a fixed border point pulled
             # the hair between them into a spike when the head moved towards that border.
+            # The ring outside the hair tapers per frame instead, by its distance to the
+            # border the way it moves (WarpEngine.control_points).
             edge = float(min(p[0], p[1], w - 1 - p[0], h - 1 - p[1]))
             taper = float(np.clip(edge / max(_EDGE_TAPER * avatar.proportions["face_height"], 1.0), 0.0, 1.0))
-            weights.append(weight * (1.0 - below) * taper)
+            weights.append(weight * (1.0 - below) * (1.0 if factor is None else taper))
+            tapered_along.append(factor is None)
     outer_pts = np.array(outer, dtype=np.float64).reshape(-1, 2)
     extra = np.vstack([outer_pts, border])
     extra_w = np.concatenate([np.array(weights), np.zeros(len(border))])
+    extra_along = np.concatenate([np.array(tapered_along, bool), np.zeros(len(border), bool)])
     # The outer points lie at the depth of the head's turning centre, level with the ears:
     # a head's outline (hair, ears) stays nearly in place as it turns, only the face on its
     # front swings across. At the depth of the face outline instead, the hair's outline
@@ -237,13 +257,10 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
         _triangles_inside(all_pts, np.array(_LEFT_EYE_RING), _LEFT_EYE_RING, True),
         _triangles_inside(all_pts, lm.INNER_LIPS_IDS, lm.INNER_LIPS_RING, True),
     ]
-    alpha = person_mask(avatar.image, avatar.landmarks)
-    # MediaPipe's mask, upscaled from 256 px, fades over many pixels; a narrower edge
-    # keeps the plate from showing through the person's rim when the head moves.
-    alpha = np.clip((alpha - 0.5) * 2.5 + 0.5, 0.0, 1.0)
     lids, lids_box, lash, lids_shut, lids_to_shut = _closed_lids(avatar.image, avatar.landmarks, np.vstack(holes[:2]))
     sclera, irises, iris_fills, iris_keeps, iris_geometry = _eye_layers(avatar.image, avatar.landmarks, lids_box)
     return {"points": extra.astype(np.float32), "weights": extra_w.astype(np.float32),
+            "tapered_along": extra_along,
             "depths": extra_z.astype(np.float32),
             "outer_triangles": outside, "hole_triangles": np.vstack(holes),
             "person_alpha": np.round(alpha * 255).astype(np.uint8),
@@ -391,6 +408,29 @@ def _draw_disc(canvas: np.ndarray, center: np.ndarray, radius: float) -> np.ndar
     moved iris came out greyer)."""
     cv2.circle(canvas, tuple(np.round(np.asarray(center) * 16).astype(int)), round(radius * 16), 1.0, -1, cv2.LINE_8, shift=4)
     return canvas
+
+
+def _silhouette(alpha: np.ndarray, center: np.ndarray, oval: np.ndarray, gap: float) -> np.ndarray:
+    """Points just outside the person's silhouette (``gap`` pixels past where ``alpha``
+    falls below one half), on the rays from ``center`` through each ``oval`` point; none
+    where the person reaches the photo's border along that ray."""
+    h, w = alpha.shape
+    found = []
+    for o in oval:
+        way = o - center
+        length = float(np.linalg.norm(way))
+        if length < 1.0:
+            continue
+        way /= length
+        r = np.arange(length, 4.0 * length, 1.0)
+        xy = center + r[:, None] * way
+        inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] <= h - 1)
+        xy, r = xy[inside], r[inside]
+        person = alpha[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)] > 0.5
+        out = np.flatnonzero(~person)
+        if len(out) and out[0] + gap < len(r):
+            found.append(center + (r[out[0]] + gap) * way)
+    return np.array(found).reshape(-1, 2)
 
 
 def _soft_polygon(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
@@ -670,6 +710,9 @@ class WarpEngine:
         self._outward = self._extra_src - oval[near]
         self._outward_sq = np.maximum((self._outward ** 2).sum(axis=1), 1e-6)
         self._moving = self._extra_w[:, 0] > 0.0
+        self._along = np.flatnonzero(data["tapered_along"])
+        self._taper_len = max(_EDGE_TAPER * avatar.proportions["face_height"], 1.0)
+        self._frame_max = np.array(avatar.size, np.float64) - 1.0
         self._stable_ids = np.array(lm.STABLE)
         self._stable_3d = avatar.landmarks[self._stable_ids].astype(np.float64)
         self._src = np.vstack([avatar.landmarks[:, :2], self._extra_src])
@@ -785,7 +828,17 @@ class WarpEngine:
         # The head's 3D motion, fitted on the points expressions barely move.
         head = fit_similarity(self._stable_3d, pose.landmarks[self._stable_ids])
         moved = head.apply(self._extra_3d)[:, :2]
-        extra = self._extra_src + self._extra_w * (moved - self._extra_src)
+        motion = moved - self._extra_src
+        weight = self._extra_w
+        if len(self._along):  # the ring outside the hair: tapered by the border it moves towards
+            weight = weight.copy()
+            k = self._along
+            step = motion[k] / (np.linalg.norm(motion[k], axis=1, keepdims=True) + 1e-9)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                room = np.where(step > 0, (self._frame_max - self._extra_src[k]) / step,
+                                np.where(step < 0, -self._extra_src[k] / step, np.inf))
+            weight[k] *= np.clip(room.min(axis=1, keepdims=True) / self._taper_len, 0.0, 1.0)
+        extra = self._extra_src + weight * motion
         # The outer points (at the ears' depth) and the face's edge (in front of them) close
         # in on each other as the head turns: tipped back 20 degrees, the hair above the
         # forehead slid down under the face, whose top edge then cut straight across it.
