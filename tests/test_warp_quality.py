@@ -1112,6 +1112,21 @@ def test_a_cheek_turned_away_keeps_a_smooth_outline(grace_rig, degrees):
     assert bends.max() < 0.6, f"the outline bends by {bends.max():.2f} px between rows"
 
 
+def _rig_of(face, grace_avatar, astronaut_avatar):
+    """Grace driven from the astronaut's face, or the astronaut from Grace's: ``(avatar,
+    driver, retarget, engine)``."""
+    avatar, other = (grace_avatar, astronaut_avatar) if face == "grace" else (astronaut_avatar, grace_avatar)
+    return (avatar, *warp_rig(avatar, other.landmarks))
+
+
+def _portraits_driven_by(shared_data, driver):
+    """Each shared portrait with a rig whose neutral is ``driver``: ``(name, avatar, driver,
+    retarget, engine)``."""
+    for path in sorted((shared_data / "portraits").iterdir()):
+        avatar, _ = prepare([path])
+        yield (path.stem, avatar, *warp_rig(avatar, driver))
+
+
 def _hair_kept_above_the_forehead(engine, pose, avatar, share=0.12):
     """How much of the photo's band of hair (or cap) just above the forehead still shows
     above the face's top edge in a render: the output pixels straight above the forehead's
@@ -1131,8 +1146,7 @@ def test_a_head_tipped_back_keeps_the_hair_above_its_forehead(face, grace_avatar
     # edge (in front of it): at 20 degrees only 0.12 / 0.16 of the band above Grace's and
     # the astronaut's foreheads still showed, the rest under the face, whose top edge cut
     # straight across the hair (plain on Obama and the sadtalker woman: 0.04 and 0.05).
-    avatar, other = (grace_avatar, astronaut_avatar) if face == "grace" else (astronaut_avatar, grace_avatar)
-    driver, retarget, engine = warp_rig(avatar, other.landmarks)
+    avatar, driver, retarget, engine = _rig_of(face, grace_avatar, astronaut_avatar)
     assert _hair_kept_above_the_forehead(engine, retarget.pose(retarget.target(driver)), avatar) > 0.9
     tipped = retarget.pose(retarget.target(turn(driver, pitch=20)))
     assert _hair_kept_above_the_forehead(engine, tipped, avatar) > 0.3
@@ -1140,11 +1154,8 @@ def test_a_head_tipped_back_keeps_the_hair_above_its_forehead(face, grace_avatar
 
 @pytest.mark.shared
 def test_portraits_tipped_back_keep_the_hair_above_their_foreheads(shared_data, astronaut_avatar):
-    kept = {}
-    for path in sorted((shared_data / "portraits").iterdir()):
-        avatar, _ = prepare([path])
-        driver, retarget, engine = warp_rig(avatar, astronaut_avatar.landmarks)
-        kept[path.stem] = _hair_kept_above_the_forehead(engine, retarget.pose(retarget.target(turn(driver, pitch=20))), avatar)
+    kept = {name: _hair_kept_above_the_forehead(engine, retarget.pose(retarget.target(turn(driver, pitch=20))), avatar)
+            for name, avatar, driver, retarget, engine in _portraits_driven_by(shared_data, astronaut_avatar.landmarks)}
     assert min(kept.values()) > 0.3, kept
 
 
@@ -1170,8 +1181,7 @@ def test_a_sinking_head_takes_its_hair_along(face, grace_avatar, astronaut_avata
     # sinking, the head left its hair behind, stretched up into a cone (Obama 0.38, Lady
     # Agnew 0.26 at 0.3 face widths). A ring just outside the hair now follows in full
     # unless it nears the border it moves towards: the stretch lies in the backdrop.
-    avatar, other = (grace_avatar, astronaut_avatar) if face == "grace" else (astronaut_avatar, grace_avatar)
-    driver, retarget, engine = warp_rig(avatar, other.landmarks)
+    avatar, driver, retarget, engine = _rig_of(face, grace_avatar, astronaut_avatar)
     sunk = retarget.pose(retarget.target(driver + np.array([0.0, 0.3 * lm.face_width(driver), 0.0])))
     assert _hair_top_follows(engine, sunk, avatar) > 0.8  # 0.39 (Grace) and 0.44 before
 
@@ -1179,11 +1189,9 @@ def test_a_sinking_head_takes_its_hair_along(face, grace_avatar, astronaut_avata
 @pytest.mark.shared
 def test_portraits_sinking_heads_take_their_hair_along(shared_data, astronaut_avatar):
     follows = {}
-    for path in sorted((shared_data / "portraits").iterdir()):
-        avatar, _ = prepare([path])
-        driver, retarget, engine = warp_rig(avatar, astronaut_avatar.landmarks)
+    for name, avatar, driver, retarget, engine in _portraits_driven_by(shared_data, astronaut_avatar.landmarks):
         sunk = retarget.pose(retarget.target(driver + np.array([0.0, 0.3 * lm.face_width(driver), 0.0])))
-        follows[path.stem] = _hair_top_follows(engine, sunk, avatar)
+        follows[name] = _hair_top_follows(engine, sunk, avatar)
     measured = [v for v in follows.values() if v is not None]
     assert len(measured) >= 5 and min(measured) > 0.8, follows
 
