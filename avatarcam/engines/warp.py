@@ -23,7 +23,9 @@ stretching the lashes, their lids are pulled the last way shut onto a smooth arc
 lash line is drawn along it; an open mouth gets a dark cavity and shaded teeth where the
 driver shows teeth. Where the face turns away from the camera, the outlines where the map
 jumps (a cheek over what lies behind it, the side of the nose over the cheek) are drawn per
-pixel and anti-aliased: on the grid they came out stepped and smeared.
+pixel and anti-aliased: on the grid they came out stepped and smeared. Where a face the
+photo shows from the side turns towards the camera, the cheek the photo holds in a sliver
+(or folded out of sight) shows its mirror image from the other side, shaded like its own.
 """
 from __future__ import annotations
 
@@ -65,6 +67,16 @@ _SILHOUETTE_GAP = 0.05
 # However far the head turns, an outer point stays at least this share of its photo
 # distance out from the face's edge.
 _OUTLINE_KEEP = 0.4
+# A face triangle the photo shows at most half the size of its mirror image across the
+# face (a cheek turned away, seen nearly edge-on) starts to show that mirror image instead
+# once the pose spreads it past _MIRROR_FROM times its size in the photo, and shows it in
+# full at _MIRROR_FULL times (and for triangles a quarter of their mirror's size or less).
+_MIRROR_FROM, _MIRROR_FULL = 1.4, 2.4
+# Only triangles this many face widths or more to either side of the face's midline do.
+_MIRROR_SIDES = 0.22
+# The mirror image is shaded like the face's own picture around it, blurred this many face
+# widths (its brightness, not its detail).
+_MIRROR_SHADE = 0.05
 # The lid texture fully replaces the eye once the lid gap falls to this share of the
 # photo's, and starts to show below _LID_START.
 _LID_START, _LID_FULL = 0.45, 0.2
@@ -134,6 +146,20 @@ _FILL_SAMPLES = 64
 # neighbour's triangle would put it, along a turned-away outline, the outline is drawn per
 # pixel, anti-aliased with this many places a pixel each way.
 _SILHOUETTE_JUMP, _SUPERSAMPLE = 1.0, 4
+
+
+@dataclasses.dataclass
+class _Mirrored:
+    """Where the face shows its other side mirrored, over ``at``, a box of output pixels
+    (slices): the map into the photo to that side, how much of it to blend in over the
+    face's own picture (``blend``) and how much of each pixel shows that (``own``), 0..1;
+    the box reaches past where any shows by the reach of the shading measured round it."""
+
+    at: tuple[slice, slice]
+    inner: tuple[slice, slice]  # the part of the box where any shows, in the box
+    map: np.ndarray
+    blend: np.ndarray
+    own: np.ndarray
 
 
 @dataclasses.dataclass
@@ -723,6 +749,36 @@ class WarpEngine:
         self._edge_ends, edge_ids = np.unique(pairs.reshape(-1, 2), axis=0, return_inverse=True)
         self._face_edges = edge_ids.reshape(-1, 3)
         self._face_src_sign = np.sign(self._signed_area(self._src, self._face))
+        # A head seen from the side shows its far cheek in a few pixels, which a head turning
+        # back towards the camera spreads across the cheek in streaks: there the face blends
+        # towards its other side, mirrored (see _MIRROR_FROM).
+        self._mirror_src = np.vstack([avatar.landmarks[lm.mirror_ids(), :2], self._extra_src])
+        signed = self._signed_area(self._src, self._face)
+        mirrored = self._signed_area(self._mirror_src, self._face)
+        own = np.maximum(np.abs(signed), 1e-6)
+        gain = np.clip(np.log2(np.maximum(np.abs(mirrored) / own, 1e-6)) - 1.0, 0.0, 1.0)
+        # Only the sides of the face: the nose and the mouth, mirrored, showed their lit side
+        # on their shaded one, where their own picture stretched reads as their shadow.
+        points = avatar.landmarks.astype(np.float64)
+        middle = (0.5 * (points + points[lm.mirror_ids()])).mean(axis=0)
+        across = np.abs((points - middle) @ lm.head_axes(points)[:, 0]) / avatar.proportions["face_width"]
+        left_out = (across[self._face] < _MIRROR_SIDES).any(axis=1)
+        # Nor the eyes, which have layers of their own.
+        left_out |= np.isin(self._face, np.concatenate([*_EYE_RING_IDS.values(), *_IRIS_IDS])).any(axis=1)
+        # Nor the face's outline, whose mirror image lies along the other side's outline and
+        # shows some of what lies beyond it (hair, a veil, the backdrop).
+        left_out |= np.isin(self._face, _FACE_OVAL_IDS).any(axis=1)
+        gain[left_out] = 0.0
+        self._mirror_gain, self._face_area = gain, own
+        # The face's triangles all wind one way round; seen from the front, most of the
+        # photo's do. Those it shows from behind (the far side of a head seen from the
+        # side, folded under the rest) were hidden however the head turned: turned to the
+        # front, they are drawn, and show their mirror images, where the photo shows those
+        # from the front.
+        self._front = float(np.sign(signed.sum()))
+        self._turnable = (np.sign(signed) != self._front) & (np.sign(mirrored) == -self._front) & ~left_out
+        self._shade_sigma = max(1.0, _MIRROR_SHADE * avatar.proportions["face_width"] * self.framing.scale)
+        self._corner_count = np.maximum(np.bincount(self._face.ravel(), minlength=len(self._src)), 1)
         # Shrink a photo much larger than the output once, so remap does not alias.
         self._tex_scale = 1.0 / self.framing.scale if self.framing.scale > 1.5 else 1.0
         lids = avatar.image.copy()
@@ -853,53 +909,41 @@ class WarpEngine:
         the grid maps it (``render`` redraws a turned face's outlines finer)."""
         return self._dense_map(pose, alpha=False)[0]
 
-    def _dense_map(self, pose: AvatarPose, alpha: bool) -> tuple[np.ndarray, np.ndarray | None, _Mend | None]:
+    def _dense_map(self, pose: AvatarPose, alpha: bool) -> tuple[np.ndarray, np.ndarray | None, _Mend | None, _Mirrored | None]:
         """The source map and, with ``alpha=True``, the person layer's weight on the grid,
         float32 0..1 (the person's alpha where things moved by a pixel or more, 1 where
-        nothing did) and where a turned-away face's outline is to be drawn per pixel."""
+        nothing did), where a turned-away face's outline is to be drawn per pixel and where
+        the face shows its other side mirrored."""
         dst = self.control_points(pose)
         face = self._face
         area = self._signed_area(dst, face)
-        # A triangle whose winding flipped has turned away from the camera: hide it.
+        # A triangle whose winding flipped has turned away from the camera: hide it (unless
+        # the photo showed it from behind and it has turned to the front: see _turnable).
         visible = (np.sign(area) == self._face_src_sign) & (np.abs(area) > 1e-3)
-        face = face[visible]
+        turned = self._turnable & (np.sign(area) == self._front) & (np.abs(area) > 1e-3)
+        visible |= turned
+        shown = np.flatnonzero(visible)
+        face = face[shown]
         z = pose.landmarks[:, 2]
         depth = z[face[:, 0]] + z[face[:, 1]] + z[face[:, 2]]  # three times the mean
-        face = face[np.argsort(-depth, kind="stable")]  # far first, near drawn over it
-        tris = np.vstack([self._back, face])
+        order = np.argsort(-depth, kind="stable")  # far first, near drawn over it
+        tris = np.vstack([self._back, face[order]])
+        # Each triangle's index among the face's, -1 for the rest of the mesh.
+        face_ids = np.concatenate([np.full(len(self._back), -1), shown[order]])
 
         grid = (self.framing.to_output(dst) + 0.5) / self.grid_step - 0.5
         corners = grid[tris]  # (T, 3, 2)
         # Triangles wholly outside the grid, or flat, cover no sample.
         lo, hi = _corner_extremes(corners)
         keep = np.flatnonzero((hi[:, 0] > -1) & (hi[:, 1] > -1) & (lo[:, 0] < self._grid_w) & (lo[:, 1] < self._grid_h))
-        tris, corners, lo, hi = tris[keep], corners[keep], lo[keep], hi[keep]
+        tris, corners, lo, hi, face_ids = tris[keep], corners[keep], lo[keep], hi[keep], face_ids[keep]
         bary, det = _barycentric_maps(corners)
         if not (np.abs(det) > 1e-9).all():
             keep = np.abs(det) > 1e-9
-            tris, corners, lo, hi, bary = tris[keep], corners[keep], lo[keep], hi[keep], bary[keep]
+            tris, corners, lo, hi, bary, face_ids = tris[keep], corners[keep], lo[keep], hi[keep], bary[keep], face_ids[keep]
         ids = self._rasterize(corners, lo, hi, bary)
-        # One affine map per triangle, then the identity for ids of -1 (uncovered).
-        corners_src = self._src[tris] * self._tex_scale
-        affine = np.concatenate([(bary @ corners_src).astype(np.float32),
-                                 self._identity_affine[None]]).reshape(-1, 6)
-        # The fill also paints samples just outside a triangle's edges; in a sliver (a
-        # triangle nearly edge-on) its map flings those far across the photo, so each
-        # sample stays inside its triangle's source box.
-        box = np.concatenate([v + d for v, d in zip(_corner_extremes(corners_src), (-0.5, 0.5))], axis=1)
-        box = np.concatenate([box, [[-np.inf, -np.inf, np.inf, np.inf]]]).astype(np.float32)
-        c = [affine[:, k].take(ids) for k in range(6)]
-        u, v = self._grid_u, self._grid_v
         padded = self._padded
-        # A nearly flat triangle has huge coefficients: overflow (or inf * 0 = NaN) is
-        # clamped to its source box, fmax/fmin taking the bound where the value is NaN.
-        with np.errstate(over="ignore", invalid="ignore"):
-            for j in range(2):
-                at = c[j] * u
-                at += c[2 + j] * v
-                at += c[4 + j]
-                np.fmax(at, box[:, j].take(ids), out=at)
-                padded[1:-1, 1:-1, j] = np.fmin(at, box[:, 2 + j].take(ids), out=at)
+        affine, box, c = self._grid_map(self._src[tris], bary, ids, padded[1:-1, 1:-1])
         src = padded[1:-1, 1:-1]  # texture pixels
         # Samples inside the photo that no shown triangle covers lie where the face folded
         # away from the camera. They take the smoothest positions that meet the samples
@@ -908,17 +952,11 @@ class WarpEngine:
         holes = (ids < 0) & self._inside_photo
         if holes.any():
             src[:] = membrane_fill(src, holes)
-        # Linear extrapolation one sample out (rows, then columns and corners); a grid
-        # one sample thin is only repeated.
-        thin_y, thin_x = self._grid_h < 2, self._grid_w < 2
-        padded[0] = padded[1] if thin_y else 2 * padded[1] - padded[2]
-        padded[-1] = padded[-2] if thin_y else 2 * padded[-2] - padded[-3]
-        padded[:, 0] = padded[:, 1] if thin_x else 2 * padded[:, 1] - padded[:, 2]
-        padded[:, -1] = padded[:, -2] if thin_x else 2 * padded[:, -2] - padded[:, -3]
+        self._fill_rim(padded)
         dense = cv2.resize(padded, self._dense_size, dst=self._dense, interpolation=cv2.INTER_LINEAR)[self._crop]
         dense[self._pinned] = self._pinned_src
         if not alpha:
-            return dense.copy(), None, None  # the buffer is the next frame's
+            return dense.copy(), None, None, None  # the buffer is the next frame's
         # Where the face has turned away from the camera, its outline cuts across the mesh
         # behind it, and so does its edge where it moves over what lies around it (a chin
         # lowered over the collar): the coarse map would blur the two into a smeared,
@@ -936,7 +974,107 @@ class WarpEngine:
         moved = cv2.magnitude(moved[..., 0], moved[..., 1]) * np.float32(2.0 / self._tex_scale)
         still = np.clip(2.0 - moved, 0.0, 1.0)
         weight = np.maximum(person.astype(np.float32) * np.float32(1.0 / 255.0), still)
-        return dense, weight, mend
+        mirrored = self._mirrored(area, visible, turned, tris, face_ids, bary, ids)
+        return dense, weight, mend, mirrored
+
+    def _grid_map(self, corners_src: np.ndarray, bary: np.ndarray, ids: np.ndarray, out: np.ndarray,
+                  window: tuple[slice, slice] = np.s_[:, :]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Each grid sample's photo point (texture pixels) from the affine map of the
+        triangle ``ids`` says it shows, written to ``out`` (grid_h, grid_w, 2); the identity
+        where ``ids`` is -1 (``ids`` and ``out`` cover the grid's ``window``). ``corners_src``:
+        the triangles' corners in the photo (T, 3, 2), ``bary`` their barycentric maps.
+        Returns the maps (T + 1, 6), their source boxes and each sample's map (six grids)."""
+        corners_src = corners_src * self._tex_scale
+        affine = np.concatenate([(bary @ corners_src).astype(np.float32),
+                                 self._identity_affine[None]]).reshape(-1, 6)
+        # The fill also paints samples just outside a triangle's edges; in a sliver (a
+        # triangle nearly edge-on) its map flings those far across the photo, so each
+        # sample stays inside its triangle's source box.
+        box = np.concatenate([v + d for v, d in zip(_corner_extremes(corners_src), (-0.5, 0.5))], axis=1)
+        box = np.concatenate([box, [[-np.inf, -np.inf, np.inf, np.inf]]]).astype(np.float32)
+        c = [affine[:, k].take(ids) for k in range(6)]
+        u, v = self._grid_u[window], self._grid_v[window]
+        # A nearly flat triangle has huge coefficients: overflow (or inf * 0 = NaN) is
+        # clamped to its source box, fmax/fmin taking the bound where the value is NaN.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for j in range(2):
+                at = c[j] * u
+                at += c[2 + j] * v
+                at += c[4 + j]
+                np.fmax(at, box[:, j].take(ids), out=at)
+                out[..., j] = np.fmin(at, box[:, 2 + j].take(ids), out=at)
+        return affine, box, c
+
+    def _fill_rim(self, padded: np.ndarray) -> None:
+        """Fill the grid's rim of one sample all round (``padded``, in place) by linear
+        extrapolation (rows, then columns and corners); a grid one sample thin is only
+        repeated."""
+        thin_y, thin_x = self._grid_h < 2, self._grid_w < 2
+        padded[0] = padded[1] if thin_y else 2 * padded[1] - padded[2]
+        padded[-1] = padded[-2] if thin_y else 2 * padded[-2] - padded[-3]
+        padded[:, 0] = padded[:, 1] if thin_x else 2 * padded[:, 1] - padded[:, 2]
+        padded[:, -1] = padded[:, -2] if thin_x else 2 * padded[:, -2] - padded[:, -3]
+
+    def _mirrored(self, area: np.ndarray, visible: np.ndarray, turned: np.ndarray, tris: np.ndarray,
+                  face_ids: np.ndarray, bary: np.ndarray, ids: np.ndarray) -> _Mirrored | None:
+        """Where the face shows its other side mirrored: None where it shows none. ``area``
+        and ``visible``: per face triangle, its doubled signed area in the pose and whether
+        it is shown, ``turned`` whether it is shown from behind (see _turnable); ``tris``,
+        ``face_ids``, ``bary`` and ``ids`` as the grid was drawn."""
+        if not (self._mirror_gain.any() or turned.any()):
+            return None
+        spread = np.abs(area) / self._face_area
+        share = self._mirror_gain * np.clip((spread - _MIRROR_FROM) / (_MIRROR_FULL - _MIRROR_FROM), 0.0, 1.0)
+        share[~visible] = 0.0
+        share[turned] = 1.0
+        if share.max() <= 0.0:
+            return None
+        on_face = face_ids >= 0
+
+        def field(values: np.ndarray, window: tuple[slice, slice]) -> np.ndarray:
+            """Per triangle corner values (T, 3), linear inside each triangle, on the grid."""
+            coef = np.concatenate([(bary @ values[..., None])[..., 0], np.zeros((1, 3))]).astype(np.float32)
+            c = [coef[:, k].take(ids[window]) for k in range(3)]
+            return np.clip(c[0] * self._grid_u[window] + c[1] * self._grid_v[window] + c[2], 0.0, 1.0)
+
+        # Per mesh point, the mean over the face triangles around it: the blend fades over
+        # the triangles next to those spread.
+        point = np.bincount(self._face.ravel(), weights=np.repeat(share, 3), minlength=len(self._src)) / self._corner_count
+        blend = field(np.where(on_face[:, None], point[tris], 0.0), np.s_[:, :])
+        # Off the face's own triangles (an eye or the mouth's hole, the hair, a gap where the
+        # face folded away) the mirrored map jumps: no pixel between a sample there and one
+        # on the face shows it.
+        blend = cv2.erode(blend, np.ones((3, 3), np.uint8))
+        if blend.max() < 0.02:
+            return None
+        # The samples where any shows, and round them the face that sets its shading; the
+        # map is made for those alone (and one more all round, for the resize).
+        gh, gw, step = self._grid_h, self._grid_w, self.grid_step
+        rows, cols = np.flatnonzero(blend.max(axis=1) > 0), np.flatnonzero(blend.max(axis=0) > 0)
+        reach = int(np.ceil(3 * self._shade_sigma / step)) + 1
+        r0, r1 = max(rows[0] - reach, 0), min(rows[-1] + 1 + reach, gh)
+        c0, c1 = max(cols[0] - reach, 0), min(cols[-1] + 1 + reach, gw)
+        window = np.s_[max(r0 - 1, 0):min(r1 + 1, gh), max(c0 - 1, 0):min(c1 + 1, gw)]
+        padded = np.zeros((gh + 2, gw + 2, 4), np.float32)  # map x, y, blend, own
+        inside = padded[1:-1, 1:-1][window]
+        corners_src = np.where(on_face[:, None, None], self._mirror_src[tris], self._src[tris])
+        self._grid_map(corners_src, bary, ids[window], inside, window)
+        inside[..., 2] = blend[window]
+        # The face's own picture (not what shows there from behind) sets the shading.
+        own = on_face.copy()
+        own[on_face] = ~turned[face_ids[on_face]]
+        inside[..., 3] = field(np.repeat(own[:, None].astype(np.float64), 3, axis=1), window)
+        self._fill_rim(padded)
+        ow, oh = self.framing.output_size
+        size = ((c1 - c0 + 2) * step, (r1 - r0 + 2) * step)
+        dense = cv2.resize(padded[r0:r1 + 2, c0:c1 + 2], size, interpolation=cv2.INTER_LINEAR)
+        y0, x0 = r0 * step, c0 * step
+        y1, x1 = min(r1 * step, oh), min(c1 * step, ow)
+        dense = dense[step:step + y1 - y0, step:step + x1 - x0]
+        inner = np.s_[max((rows[0] - 1) * step, y0) - y0:min((rows[-1] + 2) * step, y1) - y0,
+                      max((cols[0] - 1) * step, x0) - x0:min((cols[-1] + 2) * step, x1) - x0]
+        fields = np.clip(dense[..., 2:], 0.0, 1.0)
+        return _Mirrored(np.s_[y0:y1, x0:x1], inner, np.ascontiguousarray(dense[..., :2]), fields[..., 0], fields[..., 1])
 
     def _face_edge(self, grid: np.ndarray) -> np.ndarray:
         """Grid samples within a sample of the face's outer edge (its oval), as a boolean
@@ -1151,15 +1289,45 @@ class WarpEngine:
         shut = self._lid_closure(gaps)
         if shut:
             pose = self._pull_lids(pose, shut)
-        m, weight, mend = self._dense_map(pose, alpha=True)
+        m, weight, mend, mirrored = self._dense_map(pose, alpha=True)
         person = cv2.remap(self._texture, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if mend is not None:
             self._draw_outline(person, mend)
+        if mirrored is not None:
+            self._blend_mirrored(person, mirrored)
         self._draw_irises(person, pose, gaps)
         self._shade_lids(person, pose, gaps)
         self._close_lids(person, m, pose, shut, down)
         self._fill_mouth(person, pose)
         return self._composite(person, weight)
+
+    def _blend_mirrored(self, image: np.ndarray, mirrored: _Mirrored) -> None:
+        """Blend the face's mirrored other side in where a stretch of it shows."""
+        roi = image[mirrored.at]
+        other = cv2.remap(self._texture, mirrored.map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # The other side is lit otherwise (a cheek in shade mirrored from a lit one): it lends
+        # its detail and colour, as bright as this side's own picture is around it (matched
+        # per channel, the skin took the tint of the hair stretched along its edge). Shading
+        # is smooth: measured on the grid, not per pixel.
+        h, w = roi.shape[:2]
+        k = self.grid_step
+        small = (max(w // k, 1), max(h // k, 1))
+        own = cv2.resize(mirrored.own, small, interpolation=cv2.INTER_AREA)
+        sigma = self._shade_sigma / k
+
+        def brightness(picture: np.ndarray) -> np.ndarray:
+            grey = cv2.resize(cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY), small, interpolation=cv2.INTER_AREA)
+            return cv2.GaussianBlur(grey.astype(np.float32) * own, (0, 0), sigma)
+
+        # Each sum over the own picture plus its weight (a grey level of one), so that their
+        # ratio holds where that picture thins out, and is 1 far from it.
+        seen = cv2.GaussianBlur(own, (0, 0), sigma) + 1e-3
+        shade = (brightness(roi) + seen) / (brightness(other) + seen)
+        shade = np.clip(cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR), 0.2, 3.0)
+        at = mirrored.inner
+        here = roi[at].astype(np.float32)
+        blend = mirrored.blend[at][..., None]
+        roi[at] = np.clip(here + blend * (other[at] * shade[at][..., None] - here) + 0.5, 0, 255).astype(np.uint8)
 
     def _draw_outline(self, image: np.ndarray, mend: _Mend) -> None:
         """The pixels along the face's outline where the map jumps, each the mean of its
