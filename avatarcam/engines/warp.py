@@ -150,16 +150,19 @@ _SILHOUETTE_JUMP, _SUPERSAMPLE = 1.0, 4
 
 @dataclasses.dataclass
 class _Mirrored:
-    """Where the face shows its other side mirrored, over ``at``, a box of output pixels
-    (slices): the map into the photo to that side, how much of it to blend in over the
-    face's own picture (``blend``) and how much of each pixel shows that (``own``), 0..1;
-    the box reaches past where any shows by the reach of the shading measured round it."""
+    """Where the face shows its other side mirrored: over ``at``, the box of output pixels
+    where any does, the map into the photo to that side and how much of it to blend in
+    (0..1); over ``around``, that box grown by the reach of the shading measured round it,
+    the same map on the grid and how much of each sample shows the face's own picture, and
+    where ``at`` lies in it (pixels)."""
 
     at: tuple[slice, slice]
-    inner: tuple[slice, slice]  # the part of the box where any shows, in the box
     map: np.ndarray
     blend: np.ndarray
+    around: tuple[slice, slice]
+    coarse_map: np.ndarray
     own: np.ndarray
+    offset: tuple[int, int]
 
 
 @dataclasses.dataclass
@@ -974,7 +977,7 @@ class WarpEngine:
         moved = cv2.magnitude(moved[..., 0], moved[..., 1]) * np.float32(2.0 / self._tex_scale)
         still = np.clip(2.0 - moved, 0.0, 1.0)
         weight = np.maximum(person.astype(np.float32) * np.float32(1.0 / 255.0), still)
-        mirrored = self._mirrored(area, visible, turned, tris, face_ids, bary, ids)
+        mirrored = self._mirrored(area, visible, turned, tris, corners, face_ids, bary, ids)
         return dense, weight, mend, mirrored
 
     def _grid_map(self, corners_src: np.ndarray, bary: np.ndarray, ids: np.ndarray, out: np.ndarray,
@@ -1016,11 +1019,11 @@ class WarpEngine:
         padded[:, -1] = padded[:, -2] if thin_x else 2 * padded[:, -2] - padded[:, -3]
 
     def _mirrored(self, area: np.ndarray, visible: np.ndarray, turned: np.ndarray, tris: np.ndarray,
-                  face_ids: np.ndarray, bary: np.ndarray, ids: np.ndarray) -> _Mirrored | None:
+                  corners: np.ndarray, face_ids: np.ndarray, bary: np.ndarray, ids: np.ndarray) -> _Mirrored | None:
         """Where the face shows its other side mirrored: None where it shows none. ``area``
         and ``visible``: per face triangle, its doubled signed area in the pose and whether
         it is shown, ``turned`` whether it is shown from behind (see _turnable); ``tris``,
-        ``face_ids``, ``bary`` and ``ids`` as the grid was drawn."""
+        ``corners`` (grid units), ``face_ids``, ``bary`` and ``ids`` as the grid was drawn."""
         if not (self._mirror_gain.any() or turned.any()):
             return None
         spread = np.abs(area) / self._face_area
@@ -1040,16 +1043,23 @@ class WarpEngine:
         # Per mesh point, the mean over the face triangles around it: the blend fades over
         # the triangles next to those spread.
         point = np.bincount(self._face.ravel(), weights=np.repeat(share, 3), minlength=len(self._src)) / self._corner_count
-        blend = field(np.where(on_face[:, None], point[tris], 0.0), np.s_[:, :])
+        weights = np.where(on_face[:, None], point[tris], 0.0)
+        # Only the grid round the triangles that have any is looked at.
+        gh, gw, step = self._grid_h, self._grid_w, self.grid_step
+        lo, hi = _corner_extremes(corners[weights.max(axis=1) > 0])
+        b0, b1 = int(np.clip(np.floor(lo[:, 1].min()) - 1, 0, gh)), int(np.clip(np.ceil(hi[:, 1].max()) + 2, 0, gh))
+        a0, a1 = int(np.clip(np.floor(lo[:, 0].min()) - 1, 0, gw)), int(np.clip(np.ceil(hi[:, 0].max()) + 2, 0, gw))
+        if b1 - b0 < 3 or a1 - a0 < 3:
+            return None
+        blend = np.zeros((gh, gw), np.float32)
         # Off the face's own triangles (an eye or the mouth's hole, the hair, a gap where the
         # face folded away) the mirrored map jumps: no pixel between a sample there and one
         # on the face shows it.
-        blend = cv2.erode(blend, np.ones((3, 3), np.uint8))
+        blend[b0:b1, a0:a1] = cv2.erode(field(weights, np.s_[b0:b1, a0:a1]), np.ones((3, 3), np.uint8))
         if blend.max() < 0.02:
             return None
         # The samples where any shows, and round them the face that sets its shading; the
         # map is made for those alone (and one more all round, for the resize).
-        gh, gw, step = self._grid_h, self._grid_w, self.grid_step
         rows, cols = np.flatnonzero(blend.max(axis=1) > 0), np.flatnonzero(blend.max(axis=0) > 0)
         reach = int(np.ceil(3 * self._shade_sigma / step)) + 1
         r0, r1 = max(rows[0] - reach, 0), min(rows[-1] + 1 + reach, gh)
@@ -1066,15 +1076,18 @@ class WarpEngine:
         inside[..., 3] = field(np.repeat(own[:, None].astype(np.float64), 3, axis=1), window)
         self._fill_rim(padded)
         ow, oh = self.framing.output_size
-        size = ((c1 - c0 + 2) * step, (r1 - r0 + 2) * step)
-        dense = cv2.resize(padded[r0:r1 + 2, c0:c1 + 2], size, interpolation=cv2.INTER_LINEAR)
-        y0, x0 = r0 * step, c0 * step
-        y1, x1 = min(r1 * step, oh), min(c1 * step, ow)
+        # Per pixel only where any shows; the shading round it is measured on the grid.
+        g0, g1 = max(rows[0] - 1, 0), min(rows[-1] + 2, gh)
+        h0, h1 = max(cols[0] - 1, 0), min(cols[-1] + 2, gw)
+        size = ((h1 - h0 + 2) * step, (g1 - g0 + 2) * step)
+        dense = cv2.resize(padded[g0:g1 + 2, h0:h1 + 2, :3], size, interpolation=cv2.INTER_LINEAR)
+        y0, y1, x0, x1 = g0 * step, min(g1 * step, oh), h0 * step, min(h1 * step, ow)
         dense = dense[step:step + y1 - y0, step:step + x1 - x0]
-        inner = np.s_[max((rows[0] - 1) * step, y0) - y0:min((rows[-1] + 2) * step, y1) - y0,
-                      max((cols[0] - 1) * step, x0) - x0:min((cols[-1] + 2) * step, x1) - x0]
-        fields = np.clip(dense[..., 2:], 0.0, 1.0)
-        return _Mirrored(np.s_[y0:y1, x0:x1], inner, np.ascontiguousarray(dense[..., :2]), fields[..., 0], fields[..., 1])
+        coarse = padded[r0 + 1:r1 + 1, c0 + 1:c1 + 1]
+        return _Mirrored(np.s_[y0:y1, x0:x1], np.ascontiguousarray(dense[..., :2]), np.clip(dense[..., 2], 0.0, 1.0),
+                         np.s_[r0 * step:min(r1 * step, oh), c0 * step:min(c1 * step, ow)],
+                         np.ascontiguousarray(coarse[..., :2]), np.clip(coarse[..., 3], 0.0, 1.0),
+                         (y0 - r0 * step, x0 - c0 * step))
 
     def _face_edge(self, grid: np.ndarray) -> np.ndarray:
         """Grid samples within a sample of the face's outer edge (its oval), as a boolean
@@ -1303,31 +1316,30 @@ class WarpEngine:
 
     def _blend_mirrored(self, image: np.ndarray, mirrored: _Mirrored) -> None:
         """Blend the face's mirrored other side in where a stretch of it shows."""
-        roi = image[mirrored.at]
-        other = cv2.remap(self._texture, mirrored.map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # The other side is lit otherwise (a cheek in shade mirrored from a lit one): it lends
         # its detail and colour, as bright as this side's own picture is around it (matched
         # per channel, the skin took the tint of the hair stretched along its edge). Shading
         # is smooth: measured on the grid, not per pixel.
-        h, w = roi.shape[:2]
+        own = mirrored.own
+        gh, gw = own.shape
         k = self.grid_step
-        small = (max(w // k, 1), max(h // k, 1))
-        own = cv2.resize(mirrored.own, small, interpolation=cv2.INTER_AREA)
         sigma = self._shade_sigma / k
-
-        def brightness(picture: np.ndarray) -> np.ndarray:
-            grey = cv2.resize(cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY), small, interpolation=cv2.INTER_AREA)
-            return cv2.GaussianBlur(grey.astype(np.float32) * own, (0, 0), sigma)
-
+        here = cv2.resize(cv2.cvtColor(image[mirrored.around], cv2.COLOR_RGB2GRAY), (gw, gh), interpolation=cv2.INTER_AREA)
+        there = cv2.cvtColor(cv2.remap(self._texture, mirrored.coarse_map, None, cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE), cv2.COLOR_RGB2GRAY)
         # Each sum over the own picture plus its weight (a grey level of one), so that their
         # ratio holds where that picture thins out, and is 1 far from it.
         seen = cv2.GaussianBlur(own, (0, 0), sigma) + 1e-3
-        shade = (brightness(roi) + seen) / (brightness(other) + seen)
-        shade = np.clip(cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR), 0.2, 3.0)
-        at = mirrored.inner
-        here = roi[at].astype(np.float32)
-        blend = mirrored.blend[at][..., None]
-        roi[at] = np.clip(here + blend * (other[at] * shade[at][..., None] - here) + 0.5, 0, 255).astype(np.uint8)
+        shade = (cv2.GaussianBlur(here.astype(np.float32) * own, (0, 0), sigma) + seen) \
+            / (cv2.GaussianBlur(there.astype(np.float32) * own, (0, 0), sigma) + seen)
+        shade = cv2.resize(shade, (gw * k, gh * k), interpolation=cv2.INTER_LINEAR)
+        h, w = mirrored.blend.shape
+        (dy, dx) = mirrored.offset
+        shade = np.clip(shade[dy:dy + h, dx:dx + w], 0.2, 3.0)
+        other = cv2.remap(self._texture, mirrored.map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        other = cv2.multiply(other, cv2.merge([shade, shade, shade]), dtype=cv2.CV_8U)
+        roi = image[mirrored.at]
+        roi[:] = cv2.blendLinear(roi, other, 1.0 - mirrored.blend, mirrored.blend)
 
     def _draw_outline(self, image: np.ndarray, mend: _Mend) -> None:
         """The pixels along the face's outline where the map jumps, each the mean of its
