@@ -90,6 +90,13 @@ def mirror_ids() -> np.ndarray:
     return ids
 
 
+def across_midline(points: np.ndarray) -> np.ndarray:
+    """How far each point lies to the side of the face's midline, along the face's own
+    right axis, in face widths (negative on the image's left of a frontal face)."""
+    middle = (0.5 * (points + points[mirror_ids()])).mean(axis=0)
+    return (points - middle) @ head_axes(points)[:, 0] / face_width(points)
+
+
 @lru_cache(maxsize=1)
 def face_edges() -> np.ndarray:
     """The 1322 edges of MediaPipe's canonical face mesh (its tessellation), as

@@ -1233,13 +1233,11 @@ def _cheeks(avatar):
     """The face mesh's triangles of each cheek (all corners 0.25 face widths or more to one
     side of the midline, off the outline): ``(near, far)``, the one the photo shows larger
     first."""
-    points = avatar.landmarks
-    middle = (0.5 * (points + points[lm.mirror_ids()])).mean(axis=0)
-    across = (points - middle) @ lm.head_axes(points)[:, 0] / lm.face_width(points)
+    across = lm.across_midline(avatar.landmarks)
     tris = lm.face_triangles()
     tris = tris[~np.isin(tris, lm.FACE_OVAL).any(axis=1)]
     sides = [tris[(across[tris] <= -0.25).all(axis=1)], tris[(across[tris] >= 0.25).all(axis=1)]]
-    return sorted(sides, key=lambda t: -np.abs(WarpEngine._signed_area(points[:, :2], t)).sum())
+    return sorted(sides, key=lambda t: -np.abs(WarpEngine._signed_area(avatar.landmarks[:, :2], t)).sum())
 
 
 def _grain_across(image, xy, tris):

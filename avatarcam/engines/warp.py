@@ -762,9 +762,7 @@ class WarpEngine:
         gain = np.clip(np.log2(np.maximum(np.abs(mirrored) / own, 1e-6)) - 1.0, 0.0, 1.0)
         # Only the sides of the face: the nose and the mouth, mirrored, showed their lit side
         # on their shaded one, where their own picture stretched reads as their shadow.
-        points = avatar.landmarks.astype(np.float64)
-        middle = (0.5 * (points + points[lm.mirror_ids()])).mean(axis=0)
-        across = np.abs((points - middle) @ lm.head_axes(points)[:, 0]) / avatar.proportions["face_width"]
+        across = np.abs(lm.across_midline(avatar.landmarks.astype(np.float64)))
         left_out = (across[self._face] < _MIRROR_SIDES).any(axis=1)
         # Nor the eyes, which have layers of their own.
         left_out |= np.isin(self._face, np.concatenate([*_EYE_RING_IDS.values(), *_IRIS_IDS])).any(axis=1)
