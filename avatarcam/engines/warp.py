@@ -1044,7 +1044,10 @@ class WarpEngine:
         weights = np.where(on_face[:, None], point[tris], 0.0)
         # Only the grid round the triangles that have any is looked at.
         gh, gw, step = self._grid_h, self._grid_w, self.grid_step
-        lo, hi = _corner_extremes(corners[weights.max(axis=1) > 0])
+        touched = weights.max(axis=1) > 0
+        if not touched.any():  # all of them out of the frame
+            return None
+        lo, hi = _corner_extremes(corners[touched])
         b0, b1 = int(np.clip(np.floor(lo[:, 1].min()) - 1, 0, gh)), int(np.clip(np.ceil(hi[:, 1].max()) + 2, 0, gh))
         a0, a1 = int(np.clip(np.floor(lo[:, 0].min()) - 1, 0, gw)), int(np.clip(np.ceil(hi[:, 0].max()) + 2, 0, gw))
         if b1 - b0 < 3 or a1 - a0 < 3:
