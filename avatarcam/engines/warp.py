@@ -751,12 +751,12 @@ class WarpEngine:
         pairs = np.sort(self._face[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 3, 2), axis=2)
         self._edge_ends, edge_ids = np.unique(pairs.reshape(-1, 2), axis=0, return_inverse=True)
         self._face_edges = edge_ids.reshape(-1, 3)
-        self._face_src_sign = np.sign(self._signed_area(self._src, self._face))
+        signed = self._signed_area(self._src, self._face)
+        self._face_src_sign = np.sign(signed)
         # A head seen from the side shows its far cheek in a few pixels, which a head turning
         # back towards the camera spreads across the cheek in streaks: there the face blends
         # towards its other side, mirrored (see _MIRROR_FROM).
         self._mirror_src = np.vstack([avatar.landmarks[lm.mirror_ids(), :2], self._extra_src])
-        signed = self._signed_area(self._src, self._face)
         mirrored = self._signed_area(self._mirror_src, self._face)
         own = np.maximum(np.abs(signed), 1e-6)
         gain = np.clip(np.log2(np.maximum(np.abs(mirrored) / own, 1e-6)) - 1.0, 0.0, 1.0)
@@ -1318,9 +1318,10 @@ class WarpEngine:
     def _blend_mirrored(self, image: np.ndarray, mirrored: _Mirrored) -> None:
         """Blend the face's mirrored other side in where a stretch of it shows."""
         # The other side is lit otherwise (a cheek in shade mirrored from a lit one): it lends
-        # its detail and colour, as bright as this side's own picture is around it (matched
-        # per channel, the skin took the tint of the hair stretched along its edge). Shading
-        # is smooth: measured on the grid, not per pixel.
+        # its detail and colour, made as bright as this side's own picture is around it. The
+        # brightness alone is matched: matched per channel, the skin took the tint of the
+        # hair stretched along its edge. Shading is smooth: measured on the grid, not per
+        # pixel.
         own = mirrored.own
         gh, gw = own.shape
         k = self.grid_step
