@@ -41,7 +41,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-13"
+VERSION = "warp-14"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -83,6 +83,9 @@ _LID_START, _LID_FULL = 0.45, 0.2
 # A shut eye's lash line: width (share of the eye's width) and opacity mid-lid, and the
 # opacity of the soft shadow the lashes cast below it.
 _LASH_WIDTH, _LASH_INK, _LASH_SHADOW = 0.045, 0.9, 0.3
+# A shut lid's grain leaves out detail more than this many robust deviations (1.4826 times
+# the median absolute detail of the skin around the eyes) from smooth: edges, not grain.
+_GRAIN_OUTLIER = 4.0
 # How far each teeth row reaches from its lip at the mouth's middle when the driver shows it
 # clearly, in mouth widths, against the lip gap in mouth widths. From the shared clips' frames
 # that show teeth (upper teeth 0.05 of the width at a tenth's gap, 0.15 wide open; lower ones
@@ -593,6 +596,13 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     lid_skin = cv2.remap(lid_skin, lookup[..., 3], lookup[..., 4], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     detail = (patch - cv2.GaussianBlur(patch, (0, 0), max(1.0, 0.05 * eye_w))) * (~dark)[..., None]
     valid = ~rim & ~dark & (below == 0)
+    if valid.sum() >= 20:
+        # Only fine texture is grain. Edges that stand well out of it (a glasses frame's
+        # rim, brow hairs, deep wrinkles), lifted onto the lid, drew a pale arc or a pattern
+        # of loops across it.
+        size = np.abs(detail).mean(axis=2)
+        edges = size > _GRAIN_OUTLIER * 1.4826 * float(np.median(size[valid]))
+        detail[cv2.dilate(edges.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0] = 0.0
     spread = float(np.percentile(np.abs(detail[valid]), 90)) if valid.sum() >= 20 else 0.0
     up = -0.5 * eye_w * down
     lift = np.array([[1.0, 0.0, up[0]], [0.0, 1.0, up[1]]])
