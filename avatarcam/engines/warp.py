@@ -596,14 +596,15 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     lid_skin = cv2.remap(lid_skin, lookup[..., 3], lookup[..., 4], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     detail = (patch - cv2.GaussianBlur(patch, (0, 0), max(1.0, 0.05 * eye_w))) * (~dark)[..., None]
     valid = ~rim & ~dark & (below == 0)
-    if valid.sum() >= 20:
+    enough = valid.sum() >= 20
+    if enough:
         # Only fine texture is grain. Edges that stand well out of it (a glasses frame's
         # rim, brow hairs, deep wrinkles), lifted onto the lid, drew a pale arc or a pattern
         # of loops across it.
         size = np.abs(detail).mean(axis=2)
         edges = size > _GRAIN_OUTLIER * 1.4826 * float(np.median(size[valid]))
         detail[cv2.dilate(edges.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0] = 0.0
-    spread = float(np.percentile(np.abs(detail[valid]), 90)) if valid.sum() >= 20 else 0.0
+    spread = float(np.percentile(np.abs(detail[valid]), 90)) if enough else 0.0
     up = -0.5 * eye_w * down
     lift = np.array([[1.0, 0.0, up[0]], [0.0, 1.0, up[1]]])
     grain = np.clip(cv2.warpAffine(detail, lift, shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
