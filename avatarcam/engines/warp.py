@@ -216,6 +216,12 @@ def _triangles_inside(points: np.ndarray, ids: np.ndarray, ring: tuple[int, ...]
     return np.array(keep, dtype=np.int32).reshape(-1, 3)
 
 
+def _taper_length(avatar: Avatar) -> float:
+    """Over how many pixels from the photo's border a ring's following of the head tapers
+    to nothing (see _EDGE_TAPER)."""
+    return max(_EDGE_TAPER * avatar.proportions["face_height"], 1.0)
+
+
 def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     """The engine's per-avatar data: outer control points (weights, depths), the extra
     triangles, and the layers: person alpha, background plate, closed-lid patch, the
@@ -248,7 +254,8 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
     rings = [(factor, weight, oval[::stride]) for factor, weight, stride in zip(_RING_FACTORS, _RING_WEIGHTS, (1, 2))]
     # Between the two, a ring just outside the hair above the eyes (see _SILHOUETTE_GAP).
     above = oval[:, 1] < face[list(lm.RIGHT_EYE_CORNERS + lm.LEFT_EYE_CORNERS), 1].mean()
-    rings.insert(1, (None, 1.0, _silhouette(alpha, center, oval[above], _SILHOUETTE_GAP * avatar.proportions["face_width"])))
+    rings.insert(1, (None, 1.0, _outside_silhouette(alpha, center, oval[above], _SILHOUETTE_GAP * avatar.proportions["face_width"])))
+    taper_len = _taper_length(avatar)
     for factor, weight, points in rings:
         for o in points:
             p = center + factor * (o - center) if factor is not None else o
@@ -266,7 +273,7 @@ def prepare(avatar: Avatar) -> dict[str, np.ndarray]:
             # The ring outside the hair tapers per frame instead, by its distance to the
             # border the way it moves (WarpEngine.control_points).
             edge = float(min(p[0], p[1], w - 1 - p[0], h - 1 - p[1]))
-            taper = float(np.clip(edge / max(_EDGE_TAPER * avatar.proportions["face_height"], 1.0), 0.0, 1.0))
+            taper = float(np.clip(edge / taper_len, 0.0, 1.0))
             weights.append(weight * (1.0 - below) * (1.0 if factor is None else taper))
             tapered_along.append(factor is None)
     outer_pts = np.array(outer, dtype=np.float64).reshape(-1, 2)
@@ -442,7 +449,7 @@ def _draw_disc(canvas: np.ndarray, center: np.ndarray, radius: float) -> np.ndar
     return canvas
 
 
-def _silhouette(alpha: np.ndarray, center: np.ndarray, oval: np.ndarray, gap: float) -> np.ndarray:
+def _outside_silhouette(alpha: np.ndarray, center: np.ndarray, oval: np.ndarray, gap: float) -> np.ndarray:
     """Points just outside the person's silhouette (``gap`` pixels past where ``alpha``
     falls below one half), on the rays from ``center`` through each ``oval`` point; none
     where the person reaches the photo's border along that ray."""
@@ -751,7 +758,7 @@ class WarpEngine:
         self._outward_sq = np.maximum((self._outward ** 2).sum(axis=1), 1e-6)
         self._moving = self._extra_w[:, 0] > 0.0
         self._along = np.flatnonzero(data["tapered_along"])
-        self._taper_len = max(_EDGE_TAPER * avatar.proportions["face_height"], 1.0)
+        self._taper_len = _taper_length(avatar)
         self._frame_max = np.array(avatar.size, np.float64) - 1.0
         self._stable_ids = np.array(lm.STABLE)
         self._stable_3d = avatar.landmarks[self._stable_ids].astype(np.float64)
