@@ -30,6 +30,7 @@ photo shows from the side turns towards the camera, the cheek the photo holds in
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -718,11 +719,11 @@ def _barycentric_maps(dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     det = x0 * (y1 - y2) + x1 * (y2 - y0) + x2 * (y0 - y1)
     safe = np.where(np.abs(det) < 1e-9, np.inf, det)
     # Rows of the inverse of [[x0, y0, 1], [x1, y1, 1], [x2, y2, 1]], one per triangle.
-    inv = np.stack([
-        np.stack([y1 - y2, y2 - y0, y0 - y1], axis=-1),
-        np.stack([x2 - x1, x0 - x2, x1 - x0], axis=-1),
-        np.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], axis=-1),
-    ], axis=1) / safe[:, None, None]
+    inv = np.empty((len(dst), 3, 3), det.dtype)
+    inv[:, 0, 0], inv[:, 0, 1], inv[:, 0, 2] = y1 - y2, y2 - y0, y0 - y1
+    inv[:, 1, 0], inv[:, 1, 1], inv[:, 1, 2] = x2 - x1, x0 - x2, x1 - x0
+    inv[:, 2, 0], inv[:, 2, 1], inv[:, 2, 2] = x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0
+    inv /= safe[:, None, None]
     return inv, det
 
 
@@ -847,6 +848,7 @@ class WarpEngine:
         # output pixel lies between samples, none in resize's clamped outer half-cell.
         # Zeroed: the row extrapolation reads the corner columns before they are filled.
         self._padded = np.zeros((self._grid_h + 2, self._grid_w + 2, 2), np.float32)
+        self._cell_pixels = np.mgrid[0:step, 0:step]  # a grid cell's pixels, rows and columns
         self._dense_size = ((self._grid_w + 2) * step, (self._grid_h + 2) * step)
         self._crop = np.s_[step:step + oh, step:step + ow]
         self._dense = np.empty(self._dense_size[::-1] + (2,), np.float32)
@@ -983,7 +985,7 @@ class WarpEngine:
         outline = self._face_edge(grid)
         if not visible.all():
             outline |= self._turned_edges(visible, grid)
-        mend = self._silhouette(corners, affine, box, src, c, outline, dense)
+        mend = self._silhouette(corners, lo, hi, affine, box, src, c, outline, dense)
         # The person's alpha at each grid sample's source point; where nothing moved the
         # photo itself shows (background and soft hair edge alike), so the filled-in
         # plate appears only where the person moved away. A soft mask needs no per-pixel
@@ -1062,12 +1064,13 @@ class WarpEngine:
         weights = np.where(on_face[:, None], point[tris], 0.0)
         # Only the grid round the triangles that have any is looked at.
         gh, gw, step = self._grid_h, self._grid_w, self.grid_step
-        touched = weights.max(axis=1) > 0
-        if not touched.any():  # all of them out of the frame
+        touched = np.flatnonzero(weights.any(axis=1))
+        if not len(touched):  # all of them out of the frame
             return None
         lo, hi = _corner_extremes(corners[touched])
-        b0, b1 = int(np.clip(np.floor(lo[:, 1].min()) - 1, 0, gh)), int(np.clip(np.ceil(hi[:, 1].max()) + 2, 0, gh))
-        a0, a1 = int(np.clip(np.floor(lo[:, 0].min()) - 1, 0, gw)), int(np.clip(np.ceil(hi[:, 0].max()) + 2, 0, gw))
+        (left, top), (right, bottom) = lo.min(axis=0).tolist(), hi.max(axis=0).tolist()
+        b0, b1 = min(max(math.floor(top) - 1, 0), gh), min(max(math.ceil(bottom) + 2, 0), gh)
+        a0, a1 = min(max(math.floor(left) - 1, 0), gw), min(max(math.ceil(right) + 2, 0), gw)
         if b1 - b0 < 3 or a1 - a0 < 3:
             return None
         blend = np.zeros((gh, gw), np.float32)
@@ -1128,18 +1131,18 @@ class WarpEngine:
         cv2.polylines(mask, list(np.round(ends * 16).astype(np.int32)), False, 1, 3, cv2.LINE_8, shift=4)
         return mask > 0
 
-    def _silhouette(self, corners: np.ndarray, affine: np.ndarray, box: np.ndarray, src: np.ndarray,
-                    coefficients: list[np.ndarray], outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
+    def _silhouette(self, corners: np.ndarray, lo: np.ndarray, hi: np.ndarray, affine: np.ndarray, box: np.ndarray,
+                    src: np.ndarray, coefficients: list[np.ndarray], outline: np.ndarray, dense: np.ndarray) -> _Mend | None:
         """Where the map jumps along the face's outline (a cheek or the side of the nose
         turned away, over what lies behind it; a chin moved over the collar), each pixel's
         photo points at _SUPERSAMPLE x _SUPERSAMPLE places in it, each from the nearest
         triangle there; None where there is no such jump.
 
-        ``corners``: the triangles in drawing order, in grid units, ``affine`` and ``box``
-        their maps and source boxes; ``src`` the grid's source points and ``coefficients``
-        each sample's triangle's map (six grids, as in ``affine``); ``outline`` the samples
-        along the outline, ``dense`` the coarse map (kept where no triangle lies: a fold's
-        gap, which it fills)."""
+        ``corners``: the triangles in drawing order, in grid units, ``lo`` and ``hi`` their
+        boxes there, ``affine`` and ``box`` their maps and source boxes; ``src`` the grid's
+        source points and ``coefficients`` each sample's triangle's map (six grids, as in
+        ``affine``); ``outline`` the samples along the outline, ``dense`` the coarse map
+        (kept where no triangle lies: a fold's gap, which it fills)."""
         if not outline.any():
             return None
         step = self.grid_step
@@ -1181,7 +1184,7 @@ class WarpEngine:
         # (j + 0.5) * step - 0.5 to the next sample's (pixel x lies between samples
         # floor((x + 0.5) / step - 0.5) and the next).
         ci, cj = np.nonzero(cells)
-        dy, dx = np.mgrid[0:step, 0:step]
+        dy, dx = self._cell_pixels
         ys = ((ci - 1) * step + step // 2)[:, None, None] + dy
         xs = ((cj - 1) * step + step // 2)[:, None, None] + dx
         keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
@@ -1193,18 +1196,18 @@ class WarpEngine:
         # coordinates i to i + 1, kept at i + 1); drawn in order, far first,
         # _SUPERSAMPLE times finer than the pixels.
         table = cv2.integral(cells.astype(np.uint8))
-        lo, hi = _corner_extremes(corners)
         top = np.array(cells.shape[::-1])
-        a0 = np.clip(np.ceil(lo).astype(np.int32) - (c0, r0), 0, top)
-        a1 = np.clip(np.floor(hi).astype(np.int32) + 2 - (c0, r0), 0, top)
+        a0 = np.minimum(np.maximum(np.ceil(lo).astype(np.int32) - (c0, r0), 0), top)
+        a1 = np.minimum(np.maximum(np.floor(hi).astype(np.int32) + 2 - (c0, r0), 0), top)
         hits = table[a1[:, 1], a1[:, 0]] - table[a0[:, 1], a1[:, 0]] - table[a1[:, 1], a0[:, 0]] + table[a0[:, 1], a0[:, 0]]
         k = _SUPERSAMPLE
         bx, by = int(xs.min()), int(ys.min())  # the box of those pixels, in the patch
         bw, bh = int(xs.max()) + 1 - bx, int(ys.max()) + 1 - by
         fine = np.full((bh * k, bw * k), -1, np.int16)  # fewer triangles than 2 ** 15
-        fine_corners = np.round((((corners + 0.5) * step - 0.5 - (x0 + bx, y0 + by) + 0.5) * k - 0.5) * 16).astype(np.int32)
-        for t in np.flatnonzero(hits > 0).tolist():
-            cv2.fillConvexPoly(fine, fine_corners[t], t, lineType=cv2.LINE_8, shift=4)
+        hit = np.flatnonzero(hits > 0)
+        fine_corners = np.round((((corners[hit] + 0.5) * step - 0.5 - (x0 + bx, y0 + by) + 0.5) * k - 0.5) * 16).astype(np.int32)
+        for t, polygon in zip(hit.tolist(), fine_corners):
+            cv2.fillConvexPoly(fine, polygon, t, lineType=cv2.LINE_8, shift=4)
         tri = fine.reshape(bh, k, bw, k)[ys - by, :, xs - bx, :].reshape(len(ys), k * k)
         # A pixel that one triangle covers whole takes one photo point, at its centre.
         mixed = (tri != tri[:, :1]).any(axis=1)
@@ -1367,7 +1370,10 @@ class WarpEngine:
         for at, sources in (mend.whole, mend.split):
             if len(sources):
                 colours = cv2.remap(self._texture, sources, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                image[at] = (colours.mean(axis=1) + 0.5).astype(np.uint8)
+                if colours.shape[1] == 1:
+                    image[at] = colours[:, 0]
+                else:  # summed exactly in uint16: a third of mean's float64 cost
+                    image[at] = (colours.sum(axis=1, dtype=np.uint16) * (1.0 / colours.shape[1]) + 0.5).astype(np.uint8)
 
     def _draw_irises(self, image: np.ndarray, pose: AvatarPose, gaps: dict[str, float]) -> None:
         """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave
@@ -1578,9 +1584,8 @@ class WarpEngine:
         along = ((top[-1] - top[0]) / width).astype(np.float32)
         across = np.array([-along[1], along[0]], np.float32)
         mid = 0.5 * (top[0] + top[-1])
-        ys, xs = np.mgrid[0:fill.shape[0], 0:fill.shape[1]].astype(np.float32)
-        xs -= np.float32(mid[0])
-        ys -= np.float32(mid[1])
+        xs = np.arange(fill.shape[1], dtype=np.float32)[None, :] - np.float32(mid[0])
+        ys = np.arange(fill.shape[0], dtype=np.float32)[:, None] - np.float32(mid[1])
         s_px, t_px = xs * along[0] + ys * along[1], xs * across[0] + ys * across[1]
 
         def lip_edge(edge: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -1592,7 +1597,13 @@ class WarpEngine:
             """The smooth arch (a parabola) that a lip edge follows, corners included."""
             edge = np.vstack([top[:1], edge, top[-1:]])
             es, et = (edge - mid) @ along / width, (edge - mid) @ across
-            a, b, c = np.linalg.lstsq(np.stack([es * es, es, np.ones_like(es)], axis=1), et, rcond=None)[0]
+            # Least squares by the normal equations: well posed for a lip's dozen points
+            # spread from corner to corner, and a tenth of lstsq's cost.
+            basis = np.stack([es * es, es, np.ones_like(es)], axis=1)
+            try:
+                a, b, c = np.linalg.solve(basis.T @ basis, basis.T @ et)
+            except np.linalg.LinAlgError:  # a mouth shrunk to a point
+                a, b, c = np.linalg.lstsq(basis, et, rcond=None)[0]
             x = s / np.float32(width)
             return ((a * x + b) * x + c).astype(np.float32)
 
