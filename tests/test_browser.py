@@ -136,9 +136,11 @@ def page_url():
     server.server_close()
 
 
-def receive(y4m: Path, url: str, user_data: Path, seconds: float) -> tuple[dict, list[np.ndarray]]:
+def receive(y4m: Path, url: str, user_data: Path, seconds: float, grabs_at_least: int = 15) -> tuple[dict, list[np.ndarray]]:
     """Play ``y4m`` as Chromium's webcam through the loopback call; the received track's
-    properties and RGB grabs of the received picture, about ten a second."""
+    properties and RGB grabs of the received picture, about ten a second for ``seconds``
+    and on (the file loops) until there are ``grabs_at_least``: on a busy machine each
+    grab's round trip to the page takes longer."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
@@ -153,7 +155,7 @@ def receive(y4m: Path, url: str, user_data: Path, seconds: float) -> tuple[dict,
             assert error is None, f"the page failed: {error}"
             grabs = []
             end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end or (len(grabs) < grabs_at_least and time.monotonic() < end + 30.0):
                 url_data = page.evaluate("grabReceived()")
                 png = np.frombuffer(base64.b64decode(url_data.split(",", 1)[1]), np.uint8)
                 grabs.append(cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
