@@ -40,12 +40,23 @@ def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(resized[y:y + oh, x:x + ow])
 
 
-def render_framing(framing: Framing, max_enlarge: float = 1.25) -> Framing:
-    """The framing an engine renders at: ``framing`` itself, or, where it enlarges the
-    photo more than ``max_enlarge`` times, the same view at the photo's own resolution
-    (the pipeline then enlarges the result with one resize)."""
+# A face drawn wider than this many pixels is rendered this wide and enlarged: Einstein's
+# portrait in a 1280x720 frame (his face 696 pixels wide) rendered in 30 ms instead of 44,
+# 43 dB PSNR from the full-size render.
+MAX_FACE_WIDTH = 448.0
+
+
+def render_framing(framing: Framing, max_enlarge: float = 1.25, face_width: float | None = None,
+                   max_face_width: float = MAX_FACE_WIDTH) -> Framing:
+    """The framing an engine renders at: ``framing`` itself, or the same view at a lower
+    resolution (the pipeline then enlarges the result with one resize): at the photo's own
+    where ``framing`` enlarges the photo more than ``max_enlarge`` times, and no finer than
+    draws the face (``face_width`` photo pixels wide, where given) ``max_face_width`` wide."""
     s = framing.scale  # photo pixels per output pixel
-    if s * max_enlarge >= 1.0:
+    k = s if s * max_enlarge < 1.0 else 1.0  # render pixels per output pixel
+    if face_width is not None:
+        k = min(k, max_face_width * s / max(face_width, 1e-6))
+    if k >= 0.9:  # the resize would cost more than the pixels it saves, and soften
         return framing
     ow, oh = framing.output_size
 
@@ -54,14 +65,15 @@ def render_framing(framing: Framing, max_enlarge: float = 1.25) -> Framing:
         return w, h, ow / w, oh / h
 
     # Of the two nearest widths, the one whose height keeps the aspect ratio best.
-    w, h, rx, ry = min((sizes(max(1, int(ow * s) + k)) for k in (0, 1)), key=lambda c: abs(c[2] - c[3]))
+    w, h, rx, ry = min((sizes(max(1, int(ow * k) + more)) for more in (0, 1)), key=lambda c: abs(c[2] - c[3]))
     # Pixel centres line up: internal pixel q is output pixel (q + 0.5) * r - 0.5.
     offset = (framing.offset[0] + (0.5 * rx - 0.5) * s, framing.offset[1] + (0.5 * ry - 0.5) * s)
     return replace(framing, output_size=(w, h), scale=s * rx, offset=offset, picture_box=None)
 
 
 class EnlargedEngine:
-    """An engine rendering at the photo's resolution, its frames enlarged to ``framing``.
+    """An engine rendering at a lower resolution (see render_framing), its frames enlarged
+    to ``framing``.
 
     Rendering more output pixels than the photo has only interpolates it more finely:
     one resize afterwards gives nearly the same picture (37-42 dB PSNR against the direct
@@ -82,8 +94,9 @@ class EnlargedEngine:
 
 
 def build_engine(engine_class, avatar: Avatar, framing: Framing):
-    """``engine_class(avatar, framing)``, rendering at no more than the photo's resolution."""
-    inner = render_framing(framing)
+    """``engine_class(avatar, framing)``, rendering at no more than the photo's resolution
+    and with the face no more than MAX_FACE_WIDTH pixels wide."""
+    inner = render_framing(framing, face_width=avatar.proportions["face_width"])
     engine = engine_class(avatar, inner)
     return engine if inner is framing else EnlargedEngine(engine, framing)
 

@@ -170,6 +170,27 @@ def test_render_framing_keeps_the_view(astronaut_avatar):
     assert np.abs(inner.to_avatar(q) - big.to_avatar(p)).max() < 1.0
 
 
+def test_render_framing_draws_a_large_face_no_wider_than_the_cap(astronaut_avatar):
+    from avatarcam.framing import Framing
+    from avatarcam.pipeline import MAX_FACE_WIDTH, render_framing
+
+    xy = astronaut_avatar.landmarks[:, :2]
+    box = (*xy.min(axis=0), *xy.max(axis=0))
+    framing = Framing.cover(astronaut_avatar.size, (320, 180), box)  # shrinks the photo
+    assert render_framing(framing) is framing
+    # The same photo were it three times as large, its face filling the frame.
+    face = 3 * MAX_FACE_WIDTH * framing.scale
+    inner = render_framing(framing, face_width=face)
+    assert face / inner.scale == pytest.approx(MAX_FACE_WIDTH, rel=0.01)
+    (ow, oh), (w, h) = framing.output_size, inner.output_size
+    assert w / h == pytest.approx(ow / oh, rel=0.01)
+    q = np.array([[0.0, 0.0], [w - 1.0, h - 1.0], [w / 2, h / 3]])
+    p = (q + 0.5) * np.array([ow / w, oh / h]) - 0.5
+    assert np.abs(inner.to_avatar(q) - framing.to_avatar(p)).max() < 1.0  # the same view
+    # A face drawn a little over the cap is rendered as asked: a resize would cost more.
+    assert render_framing(framing, face_width=1.05 * MAX_FACE_WIDTH * framing.scale) is framing
+
+
 def test_enlarged_render_matches_the_direct_render(astronaut_avatar):
     from avatarcam import landmarks as lm
     from avatarcam.engines import WarpEngine
