@@ -42,7 +42,7 @@ from avatarcam.geometry import fit_similarity
 from avatarcam.retarget import AvatarPose
 from avatarcam.segmentation import fill_background, membrane_fill, person_mask, push_pull_fill
 
-VERSION = "warp-15"
+VERSION = "warp-16"
 
 _RIGHT_EYE_RING = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 _LEFT_EYE_RING = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
@@ -661,15 +661,6 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     lid_edge = cv2.remap(closed, slit[..., 0], slit[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     g = np.clip((slit[..., 2:] - 0.3) / 0.4, 0.0, 1.0)
     out = np.where(opening[..., None], lid_edge * (1.0 - g) + lower_skin * g, out)
-    # At its corners the photo's eye opening reaches a pixel or two past the landmarks'
-    # ring, where neither the lid's band nor the lower lid's strip lies: that eye white,
-    # pulled in under the shut lid, drew a pale speck at its corner. Brighter than the
-    # skin below the eye, it takes that skin's colour.
-    reach = max(1, round(0.05 * eye_w))
-    near = cv2.dilate(opening.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2)) > 0
-    corner = near & ~opening & ~cover & (strip[..., 0] < 0.5)
-    corner &= out.mean(axis=2) > lower_skin.mean(axis=2)
-    out = np.where(corner[..., None], lower_skin, out)
     # Squeezed into the band, the shut lid keeps a third of its rows, and stretched back
     # over the eye its grain streaked. So the engine samples the shut picture itself there:
     # for each photo pixel of the band, where it lies in the shut picture, and how much that
