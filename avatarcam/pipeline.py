@@ -49,9 +49,10 @@ MAX_FACE_WIDTH = 448.0
 def render_framing(framing: Framing, max_enlarge: float = 1.25, face_width: float | None = None,
                    max_face_width: float = MAX_FACE_WIDTH) -> Framing:
     """The framing an engine renders at: ``framing`` itself, or the same view at a lower
-    resolution (the pipeline then enlarges the result with one resize): at the photo's own
-    where ``framing`` enlarges the photo more than ``max_enlarge`` times, and no finer than
-    draws the face (``face_width`` photo pixels wide, where given) ``max_face_width`` wide."""
+    resolution (the pipeline then enlarges the result with one resize). That is the photo's
+    own resolution where ``framing`` enlarges the photo more than ``max_enlarge`` times,
+    and at most the one that draws the face (``face_width`` photo pixels wide, where given)
+    ``max_face_width`` pixels wide; less than a tenth lower is not worth the resize."""
     s = framing.scale  # photo pixels per output pixel
     k = s if s * max_enlarge < 1.0 else 1.0  # render pixels per output pixel
     if face_width is not None:

@@ -178,7 +178,7 @@ def test_render_framing_draws_a_large_face_no_wider_than_the_cap(astronaut_avata
     box = (*xy.min(axis=0), *xy.max(axis=0))
     framing = Framing.cover(astronaut_avatar.size, (320, 180), box)  # shrinks the photo
     assert render_framing(framing) is framing
-    # The same photo were it three times as large, its face filling the frame.
+    # A face three times the cap's width in the output, as from a photo that much larger.
     face = 3 * MAX_FACE_WIDTH * framing.scale
     inner = render_framing(framing, face_width=face)
     assert face / inner.scale == pytest.approx(MAX_FACE_WIDTH, rel=0.01)

@@ -1375,10 +1375,7 @@ class WarpEngine:
         for at, sources in (mend.whole, mend.split):
             if len(sources):
                 colours = cv2.remap(self._texture, sources, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                if colours.shape[1] == 1:
-                    image[at] = colours[:, 0]
-                else:  # summed exactly in uint16: a third of mean's float64 cost
-                    image[at] = (colours.sum(axis=1, dtype=np.uint16) * (1.0 / colours.shape[1]) + 0.5).astype(np.uint8)
+                image[at] = (colours.mean(axis=1) + 0.5).astype(np.uint8)
 
     def _draw_irises(self, image: np.ndarray, pose: AvatarPose, gaps: dict[str, float]) -> None:
         """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave
@@ -1602,13 +1599,7 @@ class WarpEngine:
             """The smooth arch (a parabola) that a lip edge follows, corners included."""
             edge = np.vstack([top[:1], edge, top[-1:]])
             es, et = (edge - mid) @ along / width, (edge - mid) @ across
-            # Least squares by the normal equations: well posed for a lip's dozen points
-            # spread from corner to corner, and a tenth of lstsq's cost.
-            basis = np.stack([es * es, es, np.ones_like(es)], axis=1)
-            try:
-                a, b, c = np.linalg.solve(basis.T @ basis, basis.T @ et)
-            except np.linalg.LinAlgError:  # a mouth shrunk to a point
-                a, b, c = np.linalg.lstsq(basis, et, rcond=None)[0]
+            a, b, c = np.linalg.lstsq(np.stack([es * es, es, np.ones_like(es)], axis=1), et, rcond=None)[0]
             x = s / np.float32(width)
             return ((a * x + b) * x + c).astype(np.float32)
 
