@@ -465,6 +465,42 @@ def test_a_shut_lid_shows_no_line_from_a_glasses_frame(shared_data, tmp_path):
     assert _lines_across_shut_lids(out, target) < 0.1
 
 
+def _lower_rim_grain(avatar) -> list[float]:
+    """Per eye, the fine detail (grey levels off a blur of a twentieth of the eye's width)
+    that the shut eye's picture has just under the middle of the lower lid, where the
+    upper lid covers the lower one's rim, over the photo's own detail in the skin a fifth
+    of the eye's width further down."""
+    from avatarcam.engines import warp
+
+    data = warp.prepare(avatar)
+    x0, y0, x1, y1 = data["lids_box"]
+    pictures = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+                for image in (data["lids"], avatar.image[y0:y1, x0:x1])]
+    ratios = []
+    for side in ("right", "left"):
+        width = lm.eye_width(avatar.landmarks, side)
+        shut, photo = (p - cv2.GaussianBlur(p, (0, 0), max(1.0, 0.05 * width)) for p in pictures)
+        rim = avatar.landmarks[lm.LID_IDS[side][1][2:-2], :2] - (x0, y0)
+
+        def detail(image, depths):
+            return [image[round(y + f * width), round(x)] for x, y in rim for f in depths]
+
+        ratios.append(float(np.std(detail(shut, np.linspace(0.02, 0.07, 6)))
+                            / max(np.std(detail(photo, np.linspace(0.16, 0.26, 6))), 1e-6)))
+    return ratios
+
+
+@pytest.mark.shared
+def test_a_shut_eyes_lower_rim_has_the_skins_grain(shared_data):
+    """Where the upper lid closes over the lower one's rim (waterline, lower lashes), the
+    shut eye shows the skin below the eye. That skin was filled in smooth, and large eyes
+    (Einstein's and Obama's in a 1280x720 frame) showed a smooth pale band under their
+    lashes; it now has the grain of the skin just below. Over both eyes of the eight
+    portraits, its detail was 0.23 of the skin's further down (0.44 now)."""
+    ratios = [r for path in sorted((shared_data / "portraits").iterdir()) for r in _lower_rim_grain(prepare([path])[0])]
+    assert np.mean(ratios) > 0.35
+
+
 def test_closed_lids_are_skin_not_eye(grace_rig, grace_avatar):
     """Over a shut eye the avatar shows lid skin: no dark iris or white sclera is left."""
     driver, retarget, engine = grace_rig
