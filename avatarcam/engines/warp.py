@@ -613,10 +613,14 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
         edges = size > _GRAIN_OUTLIER * 1.4826 * float(np.median(size[valid]))
         detail[cv2.dilate(edges.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0] = 0.0
     spread = float(np.percentile(np.abs(detail[valid]), 90)) if enough else 0.0
-    up = -0.5 * eye_w * down
-    lift = np.array([[1.0, 0.0, up[0]], [0.0, 1.0, up[1]]])
-    grain = np.clip(cv2.warpAffine(detail, lift, shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REFLECT), -spread, spread)
+
+    def grain_from(offset: np.ndarray) -> np.ndarray:
+        """At each pixel, the grain ``offset`` (pixels) away from it."""
+        move = np.array([[1.0, 0.0, offset[0]], [0.0, 1.0, offset[1]]])
+        return np.clip(cv2.warpAffine(detail, move, shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_REFLECT), -spread, spread)
+
+    grain = grain_from(-0.5 * eye_w * down)
     # Only the fold itself keeps the warp's picture: below it the band's own texture (the
     # open lid, its crease and lashes), stretched, streaked down the shut lid.
     blend = (np.clip((t - 0.05) / 0.4, 0.0, 1.0) * lid)[..., None]
@@ -658,11 +662,7 @@ def _closed_lids(image: np.ndarray, points: np.ndarray,
     lower_skin = push_pull_fill(patch, under.astype(np.float32)) if under.sum() >= 20 else skin
     strip = cv2.GaussianBlur(strip, (0, 0), max(0.7, 0.02 * eye_w))[..., None]
     # With the grain of the skin just below it, as the shut lid has the grain above it.
-    drop = 0.14 * eye_w * down
-    grain_below = np.clip(cv2.warpAffine(detail, np.array([[1.0, 0.0, drop[0]], [0.0, 1.0, drop[1]]]), shape[::-1],
-                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT),
-                          -spread, spread)
-    out = out * (1.0 - strip) + (lower_skin + grain_below) * strip
+    out = out * (1.0 - strip) + (lower_skin + grain_from(0.14 * eye_w * down)) * strip
     lid_edge = cv2.remap(closed, slit[..., 0], slit[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     g = np.clip((slit[..., 2:] - 0.3) / 0.4, 0.0, 1.0)
     out = np.where(opening[..., None], lid_edge * (1.0 - g) + lower_skin * g, out)
