@@ -470,9 +470,7 @@ def _lower_rim_grain(avatar) -> list[float]:
     that the shut eye's picture has just under the middle of the lower lid, where the
     upper lid covers the lower one's rim, over the photo's own detail in the skin a fifth
     of the eye's width further down."""
-    from avatarcam.engines import warp
-
-    data = warp.prepare(avatar)
+    data = avatar.engine_data
     x0, y0, x1, y1 = data["lids_box"]
     pictures = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
                 for image in (data["lids"], avatar.image[y0:y1, x0:x1])]
@@ -494,8 +492,8 @@ def _lower_rim_grain(avatar) -> list[float]:
 def test_a_shut_eyes_lower_rim_has_the_skins_grain(shared_data):
     """Where the upper lid closes over the lower one's rim (waterline, lower lashes), the
     shut eye shows the skin below the eye. That skin was filled in smooth, and large eyes
-    (Einstein's and Obama's in a 1280x720 frame) showed a smooth pale band under their
-    lashes; it now has the grain of the skin just below. Over both eyes of the eight
+    (Einstein's, 141 pixels wide at his photo's own size, and Obama's) showed a smooth pale
+    band under their lashes; it now has the grain of the skin just below. Over both eyes of the eight
     portraits, its detail was 0.23 of the skin's further down (0.44 now)."""
     ratios = [r for path in sorted((shared_data / "portraits").iterdir()) for r in _lower_rim_grain(prepare([path])[0])]
     assert np.mean(ratios) > 0.35
