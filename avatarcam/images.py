@@ -14,6 +14,9 @@ from avatarcam.errors import AvatarcamError
 # A portrait never needs more than this; anything larger is far more likely a mistake (or a
 # hostile "decompression bomb") than a face, and decoding it would eat gigabytes of memory.
 MAX_PIXELS = 50_000_000
+# Nor a side longer than this: Face Mesh aborts the whole process (no Python exception) on
+# an image 32767 pixels or more across, and OpenCV's remap refuses one.
+MAX_SIDE = 16384
 # Below this no face detector finds anything, so fail early with a clear reason.
 MIN_SIDE = 32
 
@@ -70,12 +73,18 @@ def load_image(path: str | os.PathLike, *, what: str = "face image") -> np.ndarr
 
 
 def _check_pixels(path: Path, size: tuple[int, int]) -> None:
-    """Refuse images whose header declares more than MAX_PIXELS, before decoding them."""
+    """Refuse images whose header declares more than MAX_PIXELS, or a side longer than
+    MAX_SIDE, before decoding them."""
     w, h = size
     if w * h > MAX_PIXELS:
         raise AvatarcamError(
             f"{path} is {w}x{h} pixels, too large to be a portrait (limit {MAX_PIXELS // 1_000_000} megapixels); "
             "use a smaller image"
+        )
+    if max(w, h) > MAX_SIDE:
+        raise AvatarcamError(
+            f"{path} is {w}x{h} pixels, too large to be a portrait (limit {MAX_SIDE} pixels on a side); "
+            "crop or scale it down"
         )
 
 

@@ -503,6 +503,12 @@ def bad_image(kind: str, folder: Path) -> Path:
         path = folder / kind
         Image.new("RGB", (1, 1), (200, 120, 90)).save(path)
         return path
+    if kind == "panorama.png":  # a real face in a strip 33000 pixels wide (Face Mesh aborts on it)
+        path = folder / kind
+        strip = Image.new("RGB", (33_000, 512), (128, 128, 128))
+        strip.paste(astro, (16_000, 0))
+        strip.save(path, compress_level=1)
+        return path
     if kind == "bomb.png":  # a tiny file declaring 100000 x 100000 pixels
         path = folder / kind
         header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
@@ -543,6 +549,7 @@ def run_cli(args, cache_dir: Path, cwd: Path, timeout: float = 120) -> subproces
     ("corrupt.png", "not a readable image"),
     ("1x1.png", "too small"),
     ("bomb.png", "too large"),
+    ("panorama.png", "too large"),
     ("notes.png", "not a readable image"),
     ("empty.jpg", "empty file"),
 ])

@@ -185,3 +185,15 @@ def test_decompression_bomb(tmp_path: Path, side: int) -> None:
     with pytest.raises(AvatarcamError) as exc:
         load_image(path)
     assert "too large" in assert_one_line_error(exc)
+
+
+@pytest.mark.parametrize("width, height", [(40_000, 600), (600, 33_000)])
+def test_a_side_face_mesh_cannot_take_is_refused(tmp_path: Path, width: int, height: int) -> None:
+    # Few megapixels, but Face Mesh aborts the process (no exception to catch) on a side of
+    # 32767 pixels or more.
+    path = tmp_path / "panorama.png"
+    path.write_bytes(_png_header_only(width, height))
+    with pytest.raises(AvatarcamError) as exc:
+        load_image(path)
+    message = assert_one_line_error(exc)
+    assert "too large" in message and f"{width}x{height}" in message
