@@ -123,6 +123,23 @@ def test_wide_driver_does_not_widen_the_portrait(grace_avatar, astronaut_avatar)
     assert lm.face_width(b) == pytest.approx(lm.face_width(a), rel=0.03)
 
 
+def test_a_mesh_crumpled_by_a_tracking_glitch_still_renders(grace_rig, grace_avatar):
+    # Landmarks scattered over a twentieth of the face fold the mesh everywhere: the
+    # outline drawn per pixel then has more pixels (40,000 at 1280x720) than one
+    # cv2.remap call takes, which stopped the camera with an OpenCV error.
+    driver, retarget, _ = grace_rig
+    xy = grace_avatar.landmarks[:, :2]
+    engine = WarpEngine(grace_avatar, Framing.cover(grace_avatar.size, (1280, 720), (*xy.min(axis=0), *xy.max(axis=0))))
+    still = engine.render(retarget.pose(retarget.target(driver)))
+    scattered = driver + np.random.default_rng(0).normal(0.0, 0.05 * np.ptp(driver[:, 0]), driver.shape)
+    out = engine.render(retarget.pose(retarget.target(scattered)))
+    assert out.shape == still.shape and out.dtype == np.uint8
+    # Still the portrait in its frame: the backdrop at the frame's sides shows what it
+    # showed (her cap and shoulders run off its top and bottom, and move with the head).
+    for edge in (np.s_[:, 0], np.s_[:, -1]):
+        assert np.abs(out[edge].astype(int) - still[edge].astype(int)).max() <= 2
+
+
 def test_frame_border_stays_put_while_the_head_moves(rig, grace_avatar):
     driver, retarget, engine, _ = rig
     pose = retarget.pose(retarget.target(turn(driver, yaw=20, roll=10)))

@@ -68,6 +68,8 @@ _SILHOUETTE_GAP = 0.05
 # However far the head turns, an outer point stays at least this share of its photo
 # distance out from the face's edge.
 _OUTLINE_KEEP = 0.4
+# The most rows (points to sample) one cv2.remap call takes, under OpenCV's limit of 32767.
+_REMAP_ROWS = 32000
 # A face triangle the photo shows at most half the size of its mirror image across the
 # face (a cheek turned away, seen nearly edge-on) starts to show that mirror image instead
 # once the pose spreads it past _MIRROR_FROM times its size in the photo, and shows it in
@@ -1378,9 +1380,13 @@ class WarpEngine:
         """The pixels along the face's outline where the map jumps, each the mean of its
         photo points."""
         for at, sources in (mend.whole, mend.split):
-            if len(sources):
-                colours = cv2.remap(self._texture, sources, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                image[at] = (colours.mean(axis=1) + 0.5).astype(np.uint8)
+            # cv2.remap takes fewer than 32767 rows: a mesh crumpled by a tracking glitch
+            # (landmarks scattered over a twentieth of the face) left more pixels than that.
+            rows, cols = at
+            for start in range(0, len(sources), _REMAP_ROWS):
+                part = np.s_[start:start + _REMAP_ROWS]
+                colours = cv2.remap(self._texture, sources[part], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                image[rows[part], cols[part]] = (colours.mean(axis=1) + 0.5).astype(np.uint8)
 
     def _draw_irises(self, image: np.ndarray, pose: AvatarPose, gaps: dict[str, float]) -> None:
         """Each iris, moved and scaled as the pose says, inside the eye opening the lids leave
