@@ -51,6 +51,7 @@ class RunStats:
     seconds: float = 0.0
     filler_frames: int = 0  # sent while the camera gave nothing new (repeats, "reconnecting" frames)
     camera_losses: int = 0
+    failed_frames: int = 0  # live frames the pipeline failed on (the last output was repeated)
     history: int = 108_000  # samples kept once there are twice as many (an hour at 30 fps)
 
     def add(self, latency_ms: float, stage_s: dict[str, float]) -> None:
@@ -69,8 +70,9 @@ class RunStats:
     def summary(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
         stages = ", ".join(f"{k} {np.median(v):.1f}" for k, v in self.stage_ms.items())
+        failed = f", failed {self.failed_frames}" if self.failed_frames else ""
         return (f"{self.frames} frames in {self.seconds:.1f} s ({fps:.1f} fps), face in {self.frames_with_face}, "
-                f"dropped {self.dropped}, latency p50 {self.percentile(50):.1f} ms p99 {self.percentile(99):.1f} ms "
+                f"dropped {self.dropped}{failed}, latency p50 {self.percentile(50):.1f} ms p99 {self.percentile(99):.1f} ms "
                 f"(median ms per stage: {stages})")
 
 
@@ -106,6 +108,7 @@ class LiveLoop:
         self._last_image: np.ndarray | None = None
         self._last_frame_at: float | None = None  # when the camera last gave a frame
         self._lost_since: float | None = None  # camera counted as lost since
+        self._failure_said_at = 0.0  # when a failed frame was last reported
 
     # -- hotkeys ----------------------------------------------------------------------------
     def handle_key(self, key: int) -> bool:
@@ -176,7 +179,15 @@ class LiveLoop:
                 if not isinstance(frame, Frame):  # the source ended or was closed
                     break
                 got = time.perf_counter()
-                result = self.pipeline.process(frame)
+                try:
+                    result = self.pipeline.process(frame)
+                except Exception as exc:  # noqa: BLE001 - see _failed_frame
+                    if not self.source.live or self._last_image is None:
+                        raise
+                    self._failed_frame(exc)
+                    if self._enough():
+                        break
+                    continue
                 t_sink = time.perf_counter()
                 for sink in self.sinks:
                     sink.write(result.image)
@@ -201,6 +212,22 @@ class LiveLoop:
             stats.seconds = time.perf_counter() - start
             stats.dropped = self.source.dropped
         return stats
+
+    def _failed_frame(self, exc: Exception) -> None:
+        """A live frame the pipeline failed on (a bug met by some rare pose): the sinks get
+        the last output again and the run goes on, rather than the camera vanishing from the
+        call. Said once as a warning, then every 30 s while it lasts."""
+        stats = self.stats
+        stats.failed_frames += 1
+        now = time.perf_counter()
+        if stats.failed_frames == 1 or now - self._failure_said_at > 30.0:
+            self._failure_said_at = now
+            log.warning("a frame could not be rendered (%s: %s); repeating the last one (%d so far)",
+                        type(exc).__name__, " ".join(str(exc).split())[:200], stats.failed_frames, exc_info=log.isEnabledFor(logging.DEBUG))
+        for sink in self.sinks:
+            sink.write(self._last_image)
+        self._done_times.append(time.perf_counter())
+        stats.filler_frames += 1
 
     def _enough(self) -> bool:
         sent = self.stats.frames + self.stats.filler_frames

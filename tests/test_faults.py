@@ -324,6 +324,56 @@ def test_camera_whose_driver_hangs_mid_run_is_bridged_until_it_delivers_again(as
     assert [r.getMessage() for r in caplog.records if "no frames" in r.getMessage()] != []
 
 
+def test_a_frame_the_engine_fails_on_repeats_the_last_one_and_the_call_goes_on(astronaut_avatar, caplog):
+    """A live run whose engine raises on a few frames (a bug met by some rare pose): the
+    virtual camera keeps getting frames, the last good one repeated, with one warning, and
+    the avatar is rendered again once the engine recovers."""
+    source = CameraSource(0, capture_factory=Webcam())
+    tracker = FaceTracker()
+    pipeline = AvatarPipeline([astronaut_avatar], WarpEngine, tracker, native)
+    engine = pipeline.rig.engine
+    render, calls = engine.render, []
+
+    def flaky(pose):
+        calls.append(len(calls))
+        if 10 <= len(calls) <= 14:
+            raise RuntimeError("cv2.error: remap: dst.rows < SHRT_MAX")
+        return render(pose)
+
+    engine.render = flaky
+    sent: list[tuple[int, np.ndarray]] = []  # (render calls so far, frame)
+
+    class Recorder:
+        def write(self, frame: np.ndarray) -> None:
+            sent.append((len(calls), frame))
+
+        def close(self) -> None:
+            pass
+
+    loop = LiveLoop(source, pipeline, [Recorder()], fps=30)
+    caplog.set_level(logging.WARNING)
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    try:
+        deadline = time.perf_counter() + 20
+        while loop.stats.frames < 25 and time.perf_counter() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+        runner.join(10)
+        source.close()
+        tracker.close()
+    assert not runner.is_alive() and loop.stats.frames >= 25
+    assert loop.stats.failed_frames == 5
+    # After each failed render the last good frame went out again; then new renders.
+    last_good = [frame for n, frame in sent if n == 9][-1]
+    assert all(frame is last_good for n, frame in sent if 10 <= n <= 14)
+    assert len([n for n, _ in sent if 10 <= n <= 14]) >= 5
+    assert all(frame is not last_good for n, frame in sent if n == 15)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("avatarcam") and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "could not be rendered" in warnings[0] and "RuntimeError" in warnings[0], warnings
+
+
 def test_camera_failing_on_first_open_is_one_clear_error_without_retries():
     webcam = Webcam()
     webcam.plugged.clear()
