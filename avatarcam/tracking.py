@@ -27,6 +27,13 @@ def _mediapipe_face_mesh():
     return face_mesh
 
 
+def _mediapipe_face_detection():
+    _mediapipe_face_mesh()  # the same quiet logging
+    from mediapipe.python.solutions import face_detection
+
+    return face_detection
+
+
 # One NormalizedLandmark as protobuf puts it on the wire when only x, y, z are set (as
 # Face Mesh does): field tag 0x0a and length 15, then three tagged little-endian float32s.
 _LANDMARK_RECORD = np.dtype([("head", "u1", (3,)), ("x", "<f4"), ("tag_y", "u1"), ("y", "<f4"),
@@ -489,16 +496,37 @@ class FaceTracker:
         self.close()
 
 
-def _search_tiles(width: int, height: int) -> list[tuple[int, int, int]]:
-    """(left, top, side) of square crops, two thirds of the short side, overlapping by
-    half, that cover the frame: a face an eighth of the frame wide fills a fifth of one."""
-    side = max(1, (2 * min(width, height)) // 3)
+def _search_tiles(width: int, height: int, side: int | None = None) -> list[tuple[int, int, int]]:
+    """(left, top, side) of square crops, two thirds of the short side unless ``side`` is
+    given, overlapping by half, that cover the frame: a face an eighth of the frame wide
+    fills a fifth of one."""
+    side = max(1, (2 * min(width, height)) // 3 if side is None else min(side, width, height))
 
     def starts(length: int) -> list[int]:
         n = max(1, math.ceil((length - side) / (side / 2)) + 1)
         return sorted({round(i * (length - side) / max(n - 1, 1)) for i in range(n)})
 
     return [(x, y, side) for y in starts(height) for x in starts(width)]
+
+
+def _locate_faces(image: np.ndarray) -> list[np.ndarray]:
+    """Boxes (x0, y0, x1, y1) of the faces MediaPipe's full-range detector finds in the
+    whole image and, for one far from square, in squares of its short side overlapping by
+    half (a face at one end of a wide photo, letterboxed whole, is too small to see)."""
+    h, w = image.shape[:2]
+    crops = [(0, 0, w, h)]
+    if max(w, h) > 1.3 * min(w, h):
+        crops += [(x, y, side, side) for x, y, side in _search_tiles(w, h, min(w, h))]
+    boxes: list[np.ndarray] = []
+    with _mediapipe_face_detection().FaceDetection(model_selection=1, min_detection_confidence=0.5) as detector:
+        for x, y, cw, ch in crops:
+            result = detector.process(np.ascontiguousarray(image[y:y + ch, x:x + cw]))
+            for detection in result.detections or []:
+                b = detection.location_data.relative_bounding_box
+                box = np.array([x + b.xmin * cw, y + b.ymin * ch, x + (b.xmin + b.width) * cw, y + (b.ymin + b.height) * ch])
+                if all(box_iou(box, other) < 0.3 for other in boxes):
+                    boxes.append(box)
+    return boxes
 
 
 def detect_faces(image: np.ndarray, max_faces: int = 5) -> list[np.ndarray]:
@@ -522,9 +550,23 @@ def detect_faces(image: np.ndarray, max_faces: int = 5) -> list[np.ndarray]:
                 ch, cw = crop.shape[:2]
                 found = [_to_pixels(f, cw, ch) + np.array([dx, dy, 0.0]) for f in result.multi_face_landmarks]
                 break
+        if not found:
+            # Face Mesh's own detector sees only faces that fill a good part of its square
+            # input: a half-length portrait's face 6% of the photo wide, or a face at one
+            # end of a wide photo, went unseen. The full-range detector finds them; Face
+            # Mesh then looks again in a square around each.
+            for box in _locate_faces(image):
+                side = int(min(max(3.0 * max(box[2] - box[0], box[3] - box[1]), 96), min(w, h)))
+                left = int(np.clip((box[0] + box[2] - side) / 2, 0, w - side))
+                top = int(np.clip((box[1] + box[3] - side) / 2, 0, h - side))
+                result = mesh.process(np.ascontiguousarray(image[top:top + side, left:left + side]))
+                for f in result.multi_face_landmarks or []:
+                    face = _to_pixels(f, side, side) + np.array([left, top, 0.0])
+                    if all(box_iou(face_box(face), face_box(other)) < 0.3 for other in found):
+                        found.append(face)
 
     def area(p: np.ndarray) -> float:
         return float(np.ptp(p[:, 0]) * np.ptp(p[:, 1]))
 
     found.sort(key=area, reverse=True)
-    return found
+    return found[:max_faces]

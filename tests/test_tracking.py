@@ -204,3 +204,21 @@ def test_detect_faces_returns_largest_first():
     assert len(faces) == 2
     assert lm.face_width(faces[0]) > 1.2 * lm.face_width(faces[1])
     assert faces[0][:, 0].mean() < 512 < faces[1][:, 0].mean()  # Grace's face is the larger
+
+
+@pytest.mark.parametrize("size, at", [
+    ((2400, 600), (1880, 40)),  # at one end of a wide photo
+    ((2400, 600), (0, 40)),
+    ((1400, 2400), (450, 1100)),  # a half-length portrait: the face 6% of the photo's height
+    ((1000, 2400), (250, 1880)),
+], ids=["wide-right", "wide-left", "tall-middle", "tall-bottom"])
+def test_a_face_small_in_a_large_photo_is_found_as_on_its_own(astronaut, size, at):
+    # Face Mesh's own detector letterboxes the whole photo into its square input, where
+    # these faces were too small to see: none was found, and the avatar was refused.
+    own = detect_faces(astronaut)[0]
+    (w, h), (x, y) = size, at
+    canvas = np.full((h, w, 3), 60, np.uint8)
+    canvas[y:y + 512, x:x + 512] = astronaut
+    faces = detect_faces(canvas)
+    assert len(faces) == 1
+    assert np.linalg.norm(faces[0][:, :2] - own[:, :2] - (x, y), axis=1).mean() < 1.5
