@@ -141,6 +141,7 @@ class EngineRun:
         self.track_ms: list[float] = []
         self.heads: list[np.ndarray] = []  # each frame's 2x3 head motion, output pixels
         self.tracked: list[np.ndarray | None] = []  # the driver's landmarks as the engine got them
+        self.posed: list[np.ndarray] = []  # the avatar's landmarks the retargeting made of them
 
     def __call__(self, image: np.ndarray, index: int, fps: float) -> np.ndarray:
         from avatarcam.sources import Frame
@@ -150,6 +151,7 @@ class EngineRun:
         self.track_ms.append(1e3 * result.timings.get("track", float("nan")))
         self.heads.append(np.asarray(result.pose.head, dtype=np.float64))
         self.tracked.append(None if result.face is None else result.face.landmarks)
+        self.posed.append(result.pose.landmarks)
         return result.image
 
     def close(self) -> None:
@@ -389,6 +391,7 @@ class Benchmark:
         self.sheet_rows.append(([f"cross: {portrait.stem}", f"<- {clip.stem}"], [(i, thumbs[i]) for i in sorted(thumbs)]))
         r = qm.signal_correlations(driver_pts, out_pts)
         tracker_r = qm.signal_correlations(driver_pts, run.tracked)
+        pose_r = qm.signal_correlations(driver_pts, run.posed)
         out_jitter, driver_jitter = qm.jitter(out_pts), qm.jitter(driver_pts)
         detector_jitter = qm.jitter([self.detect(f, box) for f in _rigid_path(first, run.heads)]) if first is not None else float("nan")
         self._timed("cross", start)
@@ -398,6 +401,7 @@ class Benchmark:
             "driver_identity_distance": float(np.mean(driver_identity)) if driver_identity else float("nan"),
             "motion_r": _nanmean(r.values()), "motion_r_signals": r,
             "tracker_r": _nanmean(tracker_r.values()), "tracker_r_signals": tracker_r,
+            "pose_r": _nanmean(pose_r.values()), "pose_r_signals": pose_r,
             "face_found": sum(p is not None for p in out_pts) / max(len(out_pts), 1),
             "jitter": out_jitter, "driver_jitter": driver_jitter, "jitter_excess": out_jitter - driver_jitter,
             "detector_jitter": detector_jitter,
@@ -434,7 +438,7 @@ class Benchmark:
 
 METHODS = ("engine", "static", "delaunay", "oracle")  # the engine, then its references
 SELF_KEYS = ("l1", "psnr", "ssim", "face_l1", "face_psnr", "face_ssim", "akd", "aed", "face_found", "motion_r", "jitter")
-CROSS_KEYS = ("identity_distance", "driver_identity_distance", "motion_r", "tracker_r", "face_found", "jitter",
+CROSS_KEYS = ("identity_distance", "driver_identity_distance", "motion_r", "tracker_r", "pose_r", "face_found", "jitter",
               "driver_jitter", "jitter_excess", "detector_jitter")
 
 
@@ -442,7 +446,7 @@ def summarize(results: dict) -> dict:
     """Means over clips (each clip counts once) and over portrait pairs, and the targets."""
     def over(rows: list[dict], keys: Sequence[str]) -> dict:
         out = {k: _nanmean(r[k] for r in rows) for k in keys}
-        for key in ("motion_r_signals", "tracker_r_signals"):
+        for key in ("motion_r_signals", "tracker_r_signals", "pose_r_signals"):
             if rows and key in rows[0]:
                 out[key] = {s: _nanmean(r[key][s] for r in rows) for s in qm.SIGNALS}
         return out
@@ -573,6 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "mean of the five (0 for a still output)",
                     "tracker_r": "the same r, driver vs the landmarks the live tracker gave the engine (video-mode "
                                  "Face Mesh, smoothed): motion lost before rendering; motion_r near it lost none after",
+                    "pose_r": "the same r, driver vs the avatar landmarks the retargeting made of the tracked ones (what "
+                              "the engine is asked to draw): below tracker_r, lost in retargeting; motion_r below "
+                              "pose_r, lost in rendering and re-detection",
                     "jitter": "mean |p[t-1] - 2p[t] + p[t+1]| of re-detected landmarks, % of face width",
                     "jitter_excess": "output jitter minus the driver's (MediaPipe's own noise differs between a video "
                                      "and a portrait: see detector_jitter)",

@@ -109,11 +109,13 @@ def test_small_real_run(quality, qm, shared_data, tmp_path, capsys):
         assert {"l1", "psnr", "ssim", "face_l1", "face_ssim", "akd", "aed", "motion_r", "jitter"} <= set(method)
         assert 0 <= method["l1"] < 0.2 and 0 < method["ssim"] <= 1
     cross = summary["engine"]["cross"]
-    assert {"identity_distance", "motion_r", "tracker_r", "face_found", "jitter", "jitter_excess", "detector_jitter"} <= set(cross)
+    assert {"identity_distance", "motion_r", "tracker_r", "pose_r", "face_found", "jitter", "jitter_excess",
+            "detector_jitter"} <= set(cross)
     assert 0.0 <= cross["detector_jitter"] < 5.0
-    # The live tracker reads the driver's mouth as the re-detection does, and the output
-    # keeps no more of it than the tracker gave.
+    # The live tracker reads the driver's mouth as the re-detection does, the retargeting
+    # hands it on, and the output keeps no more of it than the tracker gave.
     assert cross["tracker_r_signals"]["mouth"] > 0.8
+    assert cross["pose_r_signals"]["mouth"] > 0.8
     assert cross["motion_r_signals"]["mouth"] < cross["tracker_r_signals"]["mouth"] + 0.05
     assert set(summary["targets"]) >= {"self.face_l1", "self.akd", "cross.motion_r", "cross.face_found"}
     assert all(t["ok"] in (True, False) for k, t in summary["targets"].items() if aed or "aed" not in k and "identity" not in k)
