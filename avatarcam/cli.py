@@ -371,6 +371,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug met by the user's input: one line, the trace on request
+        if os.environ.get("AVATARCAM_DEBUG"):
+            raise
+        what = " ".join(str(e).split())[:300]
+        print(f"avatarcam: internal error: {type(e).__name__}{': ' + what if what else ''} "
+              "(run again with AVATARCAM_DEBUG=1 for the full trace, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -615,6 +615,28 @@ def test_broken_face_image_is_one_clear_line(tmp_path, grace_path, kind, needle)
     assert not out.exists()
 
 
+def test_an_internal_error_is_one_line_and_its_trace_comes_on_request(tmp_path, grace_path, monkeypatch, capsys):
+    """A bug met by the user's input (the engine raising mid-file) is one line on stderr,
+    not a traceback, and leaves no half-written video; AVATARCAM_DEBUG=1 shows the trace."""
+
+    def broken(self, pose):
+        raise RuntimeError("OpenCV(4.11.0) remap:\n  (-215:Assertion failed) dst.rows < SHRT_MAX")
+
+    monkeypatch.setattr(WarpEngine, "render", broken)
+    monkeypatch.delenv("AVATARCAM_DEBUG", raising=False)
+    out = tmp_path / "out.mp4"
+    argv = ["--face", str(grace_path), "--input", str(grace_path), "--output", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main(argv) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("avatarcam: internal error: RuntimeError: OpenCV(4.11.0) remap: (-215:Assertion failed)")
+    assert "AVATARCAM_DEBUG=1" in lines[0]
+    assert not out.exists()
+    monkeypatch.setenv("AVATARCAM_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="SHRT_MAX"):
+        cli.main(argv)
+
+
 @pytest.mark.parametrize("kind", ["16bit.png", "cmyk.jpg"])
 def test_unusual_but_valid_face_images_work(tmp_path, grace_path, kind):
     path = bad_image(kind, tmp_path)
