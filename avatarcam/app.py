@@ -184,8 +184,7 @@ class LiveLoop:
                 except Exception as exc:  # noqa: BLE001 - see _failed_frame
                     if not self.source.live or self._last_image is None:
                         raise
-                    self._failed_frame(exc)
-                    if self._enough():
+                    if not self._failed_frame(exc) or self._enough():
                         break
                     continue
                 t_sink = time.perf_counter()
@@ -213,10 +212,11 @@ class LiveLoop:
             stats.dropped = self.source.dropped
         return stats
 
-    def _failed_frame(self, exc: Exception) -> None:
+    def _failed_frame(self, exc: Exception) -> bool:
         """A live frame the pipeline failed on (a bug met by some rare pose): the sinks get
         the last output again and the run goes on, rather than the camera vanishing from the
-        call. Said once as a warning, then every 30 s while it lasts."""
+        call. Said once as a warning, then every 30 s while it lasts. False if the user
+        asked to quit from the preview."""
         stats = self.stats
         stats.failed_frames += 1
         now = time.perf_counter()
@@ -228,6 +228,7 @@ class LiveLoop:
             sink.write(self._last_image)
         self._done_times.append(time.perf_counter())
         stats.filler_frames += 1
+        return self._preview_goes_on(self._last_image)
 
     def _enough(self) -> bool:
         sent = self.stats.frames + self.stats.filler_frames
@@ -279,6 +280,11 @@ class LiveLoop:
             sink.write(image)
         self._done_times.append(time.perf_counter())
         self.stats.filler_frames += 1
+        return self._preview_goes_on(image)
+
+    def _preview_goes_on(self, image: np.ndarray) -> bool:
+        """Show ``image`` in the preview (if any) and carry out a key pressed there; False
+        if the user asked to quit."""
         if self.preview is not None:
             key = self.preview.show(image)
             if (key >= 0 and not self.handle_key(key)) or self.preview.closed_by_user:

@@ -374,6 +374,47 @@ def test_a_frame_the_engine_fails_on_repeats_the_last_one_and_the_call_goes_on(a
     assert len(warnings) == 1 and "could not be rendered" in warnings[0] and "RuntimeError" in warnings[0], warnings
 
 
+def test_the_preview_still_quits_while_every_frame_fails(astronaut_avatar):
+    """An engine that fails on every frame from the tenth on: the preview keeps showing the
+    last good frame and 'q' pressed there still ends the run."""
+    source = CameraSource(0, capture_factory=Webcam())
+    tracker = FaceTracker()
+    pipeline = AvatarPipeline([astronaut_avatar], WarpEngine, tracker, native)
+    engine = pipeline.rig.engine
+    render, calls = engine.render, []
+
+    def failing(pose):
+        calls.append(pose)
+        if len(calls) >= 10:
+            raise RuntimeError("broken from here on")
+        return render(pose)
+
+    engine.render = failing
+
+    class QuitAt20:
+        closed_by_user = False
+
+        def __init__(self) -> None:
+            self.shown = 0
+
+        def show(self, image: np.ndarray) -> int:
+            self.shown += 1
+            return ord("q") if self.shown == 20 else -1
+
+    preview = QuitAt20()
+    loop = LiveLoop(source, pipeline, [], preview=preview, fps=30)
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    runner.join(20)
+    ended = not runner.is_alive()
+    loop.stop()
+    runner.join(10)
+    source.close()
+    tracker.close()
+    assert ended, "the run went on after 'q' was pressed in the preview"
+    assert preview.shown == 20 and loop.stats.failed_frames >= 10
+
+
 def test_camera_failing_on_first_open_is_one_clear_error_without_retries():
     webcam = Webcam()
     webcam.plugged.clear()
