@@ -391,7 +391,13 @@ class FaceTracker:
             raw = self._pick(faces, t)
             self._crowded = bool(faces) and raw is None
         if raw is None and self._crop_mesh is not None:
-            raw = self._search_crop(image, t)
+            # One tile a frame, but every tile on the very first frame: a still image as
+            # the driver of a file render has no second frame (a face at one end of a wide
+            # picture was never found), and a camera's first frame may cost that once.
+            for _ in range(len(_search_tiles(image.shape[1], image.shape[0])) if self.frames == 1 else 1):
+                raw = self._search_crop(image, t)
+                if raw is not None:
+                    break
             self._via_crop = raw is not None and (self._crowded or self._is_small(raw, image))
             self.frames_from_crops += raw is not None
         if raw is None:

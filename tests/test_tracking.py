@@ -222,3 +222,15 @@ def test_a_face_small_in_a_large_photo_is_found_as_on_its_own(astronaut, size, a
     faces = detect_faces(canvas)
     assert len(faces) == 1
     assert np.linalg.norm(faces[0][:, :2] - own[:, :2] - (x, y), axis=1).mean() < 1.5
+
+
+def test_the_first_frame_is_searched_whole_for_a_small_face(astronaut):
+    # A still picture driving a file render is one frame: the tracker's tile search (one
+    # tile a frame) never reached a face at one end of a wide picture.
+    canvas = np.full((1000, 3000, 3), 60, np.uint8)
+    canvas[300:812, 2400:2912] = astronaut
+    with FaceTracker(smoothing=False) as tracker:
+        face = tracker.process(canvas, 0.0)
+    assert face is not None
+    own = detect_faces(astronaut)[0]
+    assert np.linalg.norm(face.landmarks[:, :2] - own[:, :2] - (2400, 300), axis=1).mean() < 3.0
