@@ -117,7 +117,14 @@ class VirtualCameraSink(Sink):
     def write(self, frame: np.ndarray) -> None:
         if self._cam is None:
             raise RuntimeError("write() on a closed VirtualCameraSink")
-        self._cam.send(_check_frame(frame, self.size))
+        frame = _check_frame(frame, self.size)
+        try:
+            self._cam.send(frame)
+        except (OSError, RuntimeError) as exc:
+            # The device went away mid-run (v4l2loopback unloaded, the OBS camera stopped):
+            # not a bug to report, and nothing more can be sent.
+            raise AvatarcamError(f"the virtual camera {self.device} stopped taking frames ({_one_line(exc)}); "
+                                 "was it removed or its driver unloaded?") from None
         self.frames_written += 1
 
     def close(self) -> None:

@@ -847,6 +847,30 @@ def test_signal_releases_camera_closes_virtual_camera_and_finalises_the_video(tm
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
+def test_a_virtual_camera_that_goes_away_mid_run_is_one_clear_line(tmp_path, astronaut_path, monkeypatch, capsys):
+    """v4l2loopback unloaded (or the OBS camera stopped) in the middle of a live run: one
+    line that says so, exit 1, the webcam released; no 'internal error', no traceback."""
+
+    class Unplugged(FakeBackend):
+        def send(self, frame: np.ndarray) -> None:
+            if len(self.frames) == 5:
+                raise OSError(19, "No such device")
+            super().send(frame)
+
+    webcam = Webcam()
+    monkeypatch.setattr(sources, "_default_capture", webcam)
+    with registered_backend("avatarcam-unplugged", Unplugged) as backend:
+        code = cli.main(["--face", str(astronaut_path), "--virtual-cam", "--vcam-backend", "avatarcam-unplugged",
+                         "--size", "320x240", "--max-frames", "50", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("avatarcam: error: the virtual camera /dev/avatarcam-test stopped taking frames")
+    assert "No such device" in lines[0]
+    assert len(backend.instances[0].frames) == 5 and backend.instances[0].closes == 1
+    assert all(capture.released for capture in webcam.captures)
+
+
 def test_whole_live_run_opens_no_socket(tmp_path, astronaut_path, recording_vcam, keep_signal_handlers, monkeypatch):
     attempts = []
 
