@@ -70,7 +70,8 @@ def build_avatar(images: Sequence[np.ndarray], names: Sequence[str],
     for image, name in zip(images, names):
         found = detect(image)
         if not found:
-            raise AvatarcamError(f"no face found in {name}; use a photo where the face is clearly visible and at least ~80 px wide")
+            raise AvatarcamError(f"no face found in {name}; use a photo where the face is clearly visible and at least ~80 px "
+                                 "wide, and in a large picture crop around the face")
         if len(found) > 1:
             log.warning("%s shows %d faces; using the largest", name, len(found))
         faces.append(found[0])
