@@ -224,11 +224,7 @@ class LiveLoop:
             self._failure_said_at = now
             log.warning("a frame could not be rendered (%s: %s); repeating the last one (%d so far)",
                         type(exc).__name__, " ".join(str(exc).split())[:200], stats.failed_frames, exc_info=log.isEnabledFor(logging.DEBUG))
-        for sink in self.sinks:
-            sink.write(self._last_image)
-        self._done_times.append(time.perf_counter())
-        stats.filler_frames += 1
-        return self._preview_goes_on(self._last_image)
+        return self._send_filler_image(self._last_image)
 
     def _enough(self) -> bool:
         sent = self.stats.frames + self.stats.filler_frames
@@ -276,15 +272,15 @@ class LiveLoop:
             image = self._last_image  # a late frame: repeat, nothing else changes
         else:
             image = self.reconnecting_frame(now)
+        return self._send_filler_image(image)
+
+    def _send_filler_image(self, image: np.ndarray) -> bool:
+        """Send ``image``, not made from a camera frame, to the sinks and the preview, and
+        carry out a key pressed there; False if the user asked to quit."""
         for sink in self.sinks:
             sink.write(image)
         self._done_times.append(time.perf_counter())
         self.stats.filler_frames += 1
-        return self._preview_goes_on(image)
-
-    def _preview_goes_on(self, image: np.ndarray) -> bool:
-        """Show ``image`` in the preview (if any) and carry out a key pressed there; False
-        if the user asked to quit."""
         if self.preview is not None:
             key = self.preview.show(image)
             if (key >= 0 and not self.handle_key(key)) or self.preview.closed_by_user:

@@ -324,23 +324,30 @@ def test_camera_whose_driver_hangs_mid_run_is_bridged_until_it_delivers_again(as
     assert [r.getMessage() for r in caplog.records if "no frames" in r.getMessage()] != []
 
 
-def test_a_frame_the_engine_fails_on_repeats_the_last_one_and_the_call_goes_on(astronaut_avatar, caplog):
-    """A live run whose engine raises on a few frames (a bug met by some rare pose): the
-    virtual camera keeps getting frames, the last good one repeated, with one warning, and
-    the avatar is rendered again once the engine recovers."""
+def failing_live_run(avatar, fails) -> tuple[CameraSource, FaceTracker, AvatarPipeline, list]:
+    """A fake webcam, a tracker and a pipeline for ``avatar`` whose engine raises on the
+    render calls (counted from 1) that ``fails(n)`` picks; also the list of calls so far."""
     source = CameraSource(0, capture_factory=Webcam())
     tracker = FaceTracker()
-    pipeline = AvatarPipeline([astronaut_avatar], WarpEngine, tracker, native)
+    pipeline = AvatarPipeline([avatar], WarpEngine, tracker, native)
     engine = pipeline.rig.engine
     render, calls = engine.render, []
 
     def flaky(pose):
-        calls.append(len(calls))
-        if 10 <= len(calls) <= 14:
+        calls.append(pose)
+        if fails(len(calls)):
             raise RuntimeError("cv2.error: remap: dst.rows < SHRT_MAX")
         return render(pose)
 
     engine.render = flaky
+    return source, tracker, pipeline, calls
+
+
+def test_a_frame_the_engine_fails_on_repeats_the_last_one_and_the_call_goes_on(astronaut_avatar, caplog):
+    """A live run whose engine raises on a few frames (a bug met by some rare pose): the
+    virtual camera keeps getting frames, the last good one repeated, with one warning, and
+    the avatar is rendered again once the engine recovers."""
+    source, tracker, pipeline, calls = failing_live_run(astronaut_avatar, lambda n: 10 <= n <= 14)
     sent: list[tuple[int, np.ndarray]] = []  # (render calls so far, frame)
 
     class Recorder:
@@ -377,19 +384,7 @@ def test_a_frame_the_engine_fails_on_repeats_the_last_one_and_the_call_goes_on(a
 def test_the_preview_still_quits_while_every_frame_fails(astronaut_avatar):
     """An engine that fails on every frame from the tenth on: the preview keeps showing the
     last good frame and 'q' pressed there still ends the run."""
-    source = CameraSource(0, capture_factory=Webcam())
-    tracker = FaceTracker()
-    pipeline = AvatarPipeline([astronaut_avatar], WarpEngine, tracker, native)
-    engine = pipeline.rig.engine
-    render, calls = engine.render, []
-
-    def failing(pose):
-        calls.append(pose)
-        if len(calls) >= 10:
-            raise RuntimeError("broken from here on")
-        return render(pose)
-
-    engine.render = failing
+    source, tracker, pipeline, _ = failing_live_run(astronaut_avatar, lambda n: n >= 10)
 
     class QuitAt20:
         closed_by_user = False
