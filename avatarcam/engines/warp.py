@@ -26,6 +26,9 @@ jumps (a cheek over what lies behind it, the side of the nose over the cheek) ar
 pixel and anti-aliased: on the grid they came out stepped and smeared. Where a face the
 photo shows from the side turns towards the camera, the cheek the photo holds in a sliver
 (or folded out of sight) shows its mirror image from the other side, shaded like its own.
+Where the map spreads the photo a few times in one direction only (the side of the head
+before the ear, turned towards the camera), the photo shows blurred instead of drawn out
+into streaks.
 """
 from __future__ import annotations
 
@@ -146,6 +149,13 @@ _REST_BAND = 0.15
 # A narrowing eye is shaded under its upper lid, at the lid's edge at most by this share,
 # fading over at most this share of the photo's lid gap (the distance that leaves 37%).
 _LID_SHADOW, _LID_SHADOW_WIDTH = 0.65, 0.7
+# Where the pose spreads the photo in one direction only (the side of a cheek or an ear the
+# photo shows nearly edge-on, turned towards the camera; a brow raised far), its detail is
+# drawn out into streaks across the stretch. There the photo blurred by this many of its
+# pixels shows instead, from the first of these stretches (the output pixels a photo pixel
+# spans along it, against its span across) and in full from the second: drawn out along
+# the stretch, the blur is lost there, and it evens out the detail across it.
+_STREAK_BLUR, _STREAK_FROM, _STREAK_FULL = 3.0, 2.0, 3.0
 # Triangles whose box holds more grid samples than this are filled one by one.
 _FILL_SAMPLES = 64
 # Where a grid sample's photo point lies this many samples' worth of photo off where its
@@ -802,6 +812,18 @@ class WarpEngine:
         left_out |= np.isin(self._face, _FACE_OVAL_IDS).any(axis=1)
         gain[left_out] = 0.0
         self._mirror_gain, self._face_area = gain, own
+        # Which triangles may be softened where they streak (see _STREAK_BLUR), per face
+        # triangle and then the rest of the mesh: the sides of the face (as far as they do not
+        # show their mirror image instead) and all round it, but not the eyes and the mouth,
+        # whose layers are drawn over them, nor the nose, whose side spreads into its shadow.
+        sides = (across[self._face] >= _MIRROR_SIDES).all(axis=1)
+        sides &= ~np.isin(self._face, np.concatenate([*_EYE_RING_IDS.values(), *_IRIS_IDS, lm.MOUTH])).any(axis=1)
+        # Round the face, the band from its outline to the first ring (ears, the side of the
+        # head, the jaw's edge); further out the person's layer mostly gives way to the plate.
+        beside = np.isin(data["outer_triangles"], _FACE_OVAL_IDS).any(axis=1)
+        holes = len(self._back) - len(beside)
+        self._streaky = (np.concatenate([beside, np.zeros(holes, bool)]).astype(np.float32),
+                         (sides * (1.0 - gain)).astype(np.float32))
         # The face's triangles all wind one way round; seen from the front, most of the
         # photo's do. Those it shows from behind (the far side of a head seen from the
         # side, folded under the rest) were hidden however the head turned: turned to the
@@ -824,6 +846,7 @@ class WarpEngine:
         eyes = avatar.image.copy()
         eyes[y0:y1, x0:x1] = data["sclera"]
         self._texture = self._shrink(eyes)
+        self._blurred = cv2.GaussianBlur(self._texture, (0, 0), _STREAK_BLUR)
         self._irises = data["irises"]
         self._iris_fills = data["iris_fills"]
         self._iris_keeps = data["iris_keeps"].astype(np.float32) / 255.0
@@ -942,11 +965,13 @@ class WarpEngine:
         the grid maps it (``render`` redraws a turned face's outlines finer)."""
         return self._dense_map(pose, alpha=False)[0]
 
-    def _dense_map(self, pose: AvatarPose, alpha: bool) -> tuple[np.ndarray, np.ndarray | None, _Mend | None, _Mirrored | None]:
+    def _dense_map(self, pose: AvatarPose, alpha: bool) -> tuple[np.ndarray, np.ndarray | None, _Mend | None,
+                                                                  _Mirrored | None,
+                                                                  tuple[tuple[int, int], np.ndarray] | None]:
         """The source map and, with ``alpha=True``, the person layer's weight on the grid,
         float32 0..1 (the person's alpha where things moved by a pixel or more, 1 where
-        nothing did), where a turned-away face's outline is to be drawn per pixel and where
-        the face shows its other side mirrored."""
+        nothing did), where a turned-away face's outline is to be drawn per pixel, where
+        the face shows its other side mirrored and where the photo is drawn out in streaks."""
         dst = self.control_points(pose)
         face = self._face
         area = self._signed_area(dst, face)
@@ -963,17 +988,19 @@ class WarpEngine:
         tris = np.vstack([self._back, face[order]])
         # Each triangle's index among the face's, -1 for the rest of the mesh.
         face_ids = np.concatenate([np.full(len(self._back), -1), shown[order]])
+        streaky = np.concatenate([self._streaky[0], self._streaky[1][face_ids[len(self._back):]]])
 
         grid = (self.framing.to_output(dst) + 0.5) / self.grid_step - 0.5
         corners = grid[tris]  # (T, 3, 2)
         # Triangles wholly outside the grid, or flat, cover no sample.
         lo, hi = _corner_extremes(corners)
         keep = np.flatnonzero((hi[:, 0] > -1) & (hi[:, 1] > -1) & (lo[:, 0] < self._grid_w) & (lo[:, 1] < self._grid_h))
-        tris, corners, lo, hi, face_ids = tris[keep], corners[keep], lo[keep], hi[keep], face_ids[keep]
+        tris, corners, lo, hi, face_ids, streaky = tris[keep], corners[keep], lo[keep], hi[keep], face_ids[keep], streaky[keep]
         bary, det = _barycentric_maps(corners)
         if not (np.abs(det) > 1e-9).all():
             keep = np.abs(det) > 1e-9
-            tris, corners, lo, hi, bary, face_ids = tris[keep], corners[keep], lo[keep], hi[keep], bary[keep], face_ids[keep]
+            tris, corners, lo, hi, bary, face_ids, streaky = (tris[keep], corners[keep], lo[keep], hi[keep], bary[keep],
+                                                               face_ids[keep], streaky[keep])
         ids = self._rasterize(corners, lo, hi, bary)
         padded = self._padded
         affine, box, c = self._grid_map(self._src[tris], bary, ids, padded[1:-1, 1:-1])
@@ -989,7 +1016,7 @@ class WarpEngine:
         dense = cv2.resize(padded, self._dense_size, dst=self._dense, interpolation=cv2.INTER_LINEAR)[self._crop]
         dense[self._pinned] = self._pinned_src
         if not alpha:
-            return dense.copy(), None, None, None  # the buffer is the next frame's
+            return dense.copy(), None, None, None, None  # the buffer is the next frame's
         # Where the face has turned away from the camera, its outline cuts across the mesh
         # behind it, and so does its edge where it moves over what lies around it (a chin
         # lowered over the collar): the coarse map would blur the two into a smeared,
@@ -1008,7 +1035,40 @@ class WarpEngine:
         still = np.clip(2.0 - moved, 0.0, 1.0)
         weight = np.maximum(person.astype(np.float32) * np.float32(1.0 / 255.0), still)
         mirrored = self._mirrored(area, visible, turned, tris, corners, face_ids, bary, ids)
-        return dense, weight, mend, mirrored
+        return dense, weight, mend, mirrored, self._streaks(affine, corners, ids, streaky)
+
+    def _streaks(self, affine: np.ndarray, corners: np.ndarray, ids: np.ndarray,
+                 streaky: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
+        """Where the map draws the photo out in streaks (see _STREAK_BLUR), on the grid: the
+        grid sample at the corner of a box of samples and, over the box, how far each shows
+        the blurred photo (0..1). From the triangles' affine maps (as _grid_map gives them),
+        their corners on the grid, the triangle ``ids`` each sample shows and how far each
+        triangle may be softened; None where none is."""
+        # Each triangle's map is affine: its singular values, in photo (texture) pixels per
+        # output pixel, are how far it squeezes the photo along the stretch (the smaller)
+        # and across it.
+        a, b, p, q = (affine[:-1, k].astype(np.float64) / self.grid_step for k in (0, 2, 1, 3))
+        sq = a * a + b * b + p * p + q * q
+        det = np.abs(a * q - b * p)
+        across = np.sqrt(0.5 * (sq + np.sqrt(np.maximum(sq * sq - 4.0 * det * det, 0.0))))
+        along = det / np.maximum(across, 1e-9)
+        # Drawn out: an output pixel spans less than a photo pixel along the stretch, and less
+        # than across it (a photo shown enlarged all round is soft, not streaked).
+        stretch = np.minimum(across, 1.0) / np.maximum(along, 1e-6)
+        share = np.clip((stretch - _STREAK_FROM) / (_STREAK_FULL - _STREAK_FROM), 0.0, 1.0) * streaky
+        drawn = np.flatnonzero(share >= 0.1)
+        if not len(drawn):
+            return None
+        # Only the samples round those triangles, three more all round for the feathering.
+        gh, gw = ids.shape
+        near, far = _corner_extremes(corners[drawn])
+        g0, g1 = max(math.floor(near[:, 1].min()) - 3, 0), min(math.ceil(far[:, 1].max()) + 4, gh)
+        h0, h1 = max(math.floor(near[:, 0].min()) - 3, 0), min(math.ceil(far[:, 0].max()) + 4, gw)
+        if g1 <= g0 or h1 <= h0:
+            return None
+        table = np.append(share, 0.0).astype(np.float32)  # ids of -1: the photo as it is
+        # Softened evenly over a sample or two round it, not in the triangles' steps.
+        return (g0, h0), cv2.GaussianBlur(table.take(ids[g0:g1, h0:h1]), (0, 0), 1.0)
 
     def _grid_map(self, corners_src: np.ndarray, bary: np.ndarray, ids: np.ndarray, out: np.ndarray,
                   window: tuple[slice, slice] = np.s_[:, :]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -1336,8 +1396,11 @@ class WarpEngine:
         shut = self._lid_closure(gaps)
         if shut:
             pose = self._pull_lids(pose, shut)
-        m, weight, mend, mirrored = self._dense_map(pose, alpha=True)
+        m, weight, mend, mirrored, streaks = self._dense_map(pose, alpha=True)
         person = cv2.remap(self._texture, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # Softened first: the outlines drawn per pixel and the mirrored cheek go over it.
+        if streaks is not None:
+            self._soften(person, m, streaks)
         if mend is not None:
             self._draw_outline(person, mend)
         if mirrored is not None:
@@ -1347,6 +1410,35 @@ class WarpEngine:
         self._close_lids(person, m, pose, shut, down)
         self._fill_mouth(person, pose)
         return self._composite(person, weight)
+
+    def _soften(self, image: np.ndarray, m: np.ndarray, streaks: tuple[tuple[int, int], np.ndarray]) -> None:
+        """Show the blurred photo in ``image`` (in place, through the source map ``m``) as far
+        as ``streaks`` (see _streaks) says it is drawn out there."""
+        step = self.grid_step
+        ow, oh = self.framing.output_size
+        (r0, c0), shares = streaks
+        gh, gw = shares.shape
+        # Box by box round each patch (often a few small ones on either side of the face).
+        # Under a tenth blurred the streaks show as they are.
+        count, _, boxes, _ = cv2.connectedComponentsWithStats((shares >= 0.1).astype(np.uint8), connectivity=8)
+        for left, top, width, height, _ in boxes[1:count]:
+            g0, g1 = max(top - 1, 0), min(top + height + 1, gh)
+            h0, h1 = max(left - 1, 0), min(left + width + 1, gw)
+            y0, x0 = (r0 + g0) * step, (c0 + h0) * step
+            y1, x1 = min((r0 + g1) * step, oh), min((c0 + h1) * step, ow)
+            # The grid resized as the whole grid's map is: its samples on the cells' centres.
+            alpha = cv2.resize(shares[g0:g1, h0:h1], ((h1 - h0) * step, (g1 - g0) * step),
+                               interpolation=cv2.INTER_LINEAR)[:y1 - y0, :x1 - x0]
+            at = np.s_[y0:y1, x0:x1]
+            # The blurred photo varies too slowly for a nearest pixel to differ from the
+            # interpolated one (and costs a quarter).
+            soft = cv2.remap(self._blurred, m[at], None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+            # As uint8 with OpenCV's saturating arithmetic, as the plate is blended in.
+            alpha3 = cv2.cvtColor(cv2.convertScaleAbs(alpha, alpha=255.0), cv2.COLOR_GRAY2RGB)
+            roi = image[at]
+            front = cv2.multiply(soft, alpha3, scale=1.0 / 255.0)
+            back = cv2.multiply(roi, cv2.bitwise_not(alpha3), scale=1.0 / 255.0)
+            cv2.add(front, back, dst=roi)
 
     def _blend_mirrored(self, image: np.ndarray, mirrored: _Mirrored) -> None:
         """Blend the face's mirrored other side in where a stretch of it shows."""
