@@ -813,9 +813,10 @@ class WarpEngine:
         gain[left_out] = 0.0
         self._mirror_gain, self._face_area = gain, own
         # Which triangles may be softened where they streak (see _STREAK_BLUR), per face
-        # triangle and then the rest of the mesh: the sides of the face (as far as they do not
-        # show their mirror image instead) and all round it, but not the eyes and the mouth,
-        # whose layers are drawn over them, nor the nose, whose side spreads into its shadow.
+        # triangle and then the rest of the mesh: the sides of the face and all round it, but
+        # not the eyes and the mouth, whose layers are drawn over them, nor the nose, whose
+        # side spreads into its shadow. A cheek that shows its mirror image is softened too:
+        # its own picture shows through where the mirror image is blended in only in part.
         sides = (across[self._face] >= _MIRROR_SIDES).all(axis=1)
         sides &= ~np.isin(self._face, np.concatenate([*_EYE_RING_IDS.values(), *_IRIS_IDS, lm.MOUTH])).any(axis=1)
         # Round the face, the band from its outline to the first ring (ears, the side of the
@@ -823,7 +824,7 @@ class WarpEngine:
         beside = np.isin(data["outer_triangles"], _FACE_OVAL_IDS).any(axis=1)
         holes = len(self._back) - len(beside)
         self._streaky = (np.concatenate([beside, np.zeros(holes, bool)]).astype(np.float32),
-                         (sides * (1.0 - gain)).astype(np.float32))
+                         sides.astype(np.float32))
         # The face's triangles all wind one way round; seen from the front, most of the
         # photo's do. Those it shows from behind (the far side of a head seen from the
         # side, folded under the rest) were hidden however the head turned: turned to the
