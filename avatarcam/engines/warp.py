@@ -749,6 +749,19 @@ def _barycentric_maps(dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv, det
 
 
+def _blend(front: np.ndarray, back: np.ndarray, alpha: np.ndarray, out: np.ndarray,
+           scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    """``front`` over ``back`` (RGB uint8) by ``alpha`` (uint8, 255: all ``front``), into
+    ``out`` (either of them, or another), with OpenCV's saturating multiply and add: a third
+    cheaper than cv2.blendLinear's float weights. ``scratch``: three RGB images of their
+    size to reuse."""
+    alpha3, lit, shaded = scratch or (None, None, None)
+    alpha3 = cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB, dst=alpha3)
+    lit = cv2.multiply(front, alpha3, dst=lit, scale=1.0 / 255.0)
+    shaded = cv2.multiply(back, cv2.bitwise_not(alpha3, dst=alpha3), dst=shaded, scale=1.0 / 255.0)
+    cv2.add(lit, shaded, dst=out)
+
+
 def _corner_extremes(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per triangle (T, 3, 2) the lowest and highest x, y of its corners: elementwise,
     several times faster than numpy's reductions over an axis of three."""
@@ -1369,20 +1382,15 @@ class WarpEngine:
         r0, r1, c0, c1 = max(rows[0] - 1, 0), min(rows[-1] + 2, gh), max(cols[0] - 1, 0), min(cols[-1] + 2, gw)
         x0, x1, y0, y1 = c0 * step, min(c1 * step, ow), r0 * step, min(r1 * step, oh)
         # Resize a block one sample larger still, aligned as the whole grid's resize is,
-        # and keep its middle: the same weights. As uint8 with OpenCV's saturating
-        # multiply and add: a third cheaper than cv2.blendLinear's float weights.
+        # and keep its middle: the same weights.
         g0, g1, h0, h1 = max(c0 - 1, 0), min(c1 + 1, gw), max(r0 - 1, 0), min(r1 + 1, gh)
         block = cv2.convertScaleAbs(weight[h0:h1, g0:g1], alpha=255.0)
         block = cv2.resize(block, ((g1 - g0) * step, (h1 - h0) * step), interpolation=cv2.INTER_LINEAR)
         alpha = block[y0 - h0 * step:y1 - h0 * step, x0 - g0 * step:x1 - g0 * step]
         # Frame-sized scratch images, reused: fresh ones each frame cost page faults.
         box = np.s_[y0:y1, x0:x1]
-        alpha3, front, back = (b[box] for b in self._scratch)
-        cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB, dst=alpha3)
         roi = person[box]
-        cv2.multiply(roi, alpha3, dst=front, scale=1.0 / 255.0)
-        cv2.multiply(self._plate[box], cv2.bitwise_not(alpha3, dst=alpha3), dst=back, scale=1.0 / 255.0)
-        cv2.add(front, back, dst=roi)
+        _blend(roi, self._plate[box], alpha, roi, tuple(b[box] for b in self._scratch))
         return person
 
     def _shrink(self, image: np.ndarray) -> np.ndarray:
@@ -1434,12 +1442,8 @@ class WarpEngine:
             # The blurred photo varies too slowly for a nearest pixel to differ from the
             # interpolated one (and costs a quarter).
             soft = cv2.remap(self._blurred, m[at], None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-            # As uint8 with OpenCV's saturating arithmetic, as the plate is blended in.
-            alpha3 = cv2.cvtColor(cv2.convertScaleAbs(alpha, alpha=255.0), cv2.COLOR_GRAY2RGB)
             roi = image[at]
-            front = cv2.multiply(soft, alpha3, scale=1.0 / 255.0)
-            back = cv2.multiply(roi, cv2.bitwise_not(alpha3), scale=1.0 / 255.0)
-            cv2.add(front, back, dst=roi)
+            _blend(soft, roi, cv2.convertScaleAbs(alpha, alpha=255.0), roi)
 
     def _blend_mirrored(self, image: np.ndarray, mirrored: _Mirrored) -> None:
         """Blend the face's mirrored other side in where a stretch of it shows."""
