@@ -156,6 +156,8 @@ _LID_SHADOW, _LID_SHADOW_WIDTH = 0.65, 0.7
 # spans along it, against its span across) and in full from the second: drawn out along
 # the stretch, the blur is lost there, and it evens out the detail across it.
 _STREAK_BLUR, _STREAK_FROM, _STREAK_FULL = 3.0, 2.0, 3.0
+# The weights of red, green and blue in a grey level (ITU-R BT.601, as cv2.COLOR_RGB2GRAY).
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # Triangles whose box holds more grid samples than this are filled one by one.
 _FILL_SAMPLES = 64
 # Where a grid sample's photo point lies this many samples' worth of photo off where its
@@ -1448,17 +1450,26 @@ class WarpEngine:
     def _blend_mirrored(self, image: np.ndarray, mirrored: _Mirrored) -> None:
         """Blend the face's mirrored other side in where a stretch of it shows."""
         # The other side is lit otherwise (a cheek in shade mirrored from a lit one): it lends
-        # its detail and colour, made as bright as this side's own picture is around it. The
-        # brightness alone is matched: matched per channel, the skin took the tint of the
-        # hair stretched along its edge. Shading is smooth: measured on the grid, not per
-        # pixel.
+        # its detail, made as bright as this side's own picture is around it. Shading is
+        # smooth: measured on the grid, not per pixel. Its hue is made this side's with one
+        # gain per channel over the whole patch, from the two pictures' medians where this
+        # side's own shows: matched place by place, the skin took the tint of the hair
+        # stretched along its edge; not matched, La Velata's cheek in shade, greyish, lent its
+        # grey to her warm lit one.
         own = mirrored.own
         gh, gw = own.shape
         k = self.grid_step
         sigma = self._shade_sigma / k
-        here = cv2.resize(cv2.cvtColor(image[mirrored.around], cv2.COLOR_RGB2GRAY), (gw, gh), interpolation=cv2.INTER_AREA)
-        there = cv2.cvtColor(cv2.remap(self._texture, mirrored.coarse_map, None, cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REPLICATE), cv2.COLOR_RGB2GRAY)
+        near = cv2.resize(image[mirrored.around], (gw, gh), interpolation=cv2.INTER_AREA)
+        far = cv2.remap(self._texture, mirrored.coarse_map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        here, there = (cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY) for picture in (near, far))
+        shown = own > 0.5
+        tint = np.ones(3, np.float32)
+        if shown.sum() >= 8:
+            typical = np.median(far[shown], axis=0) + 1.0
+            tint = (np.median(near[shown], axis=0) + 1.0) / typical
+            # The shading sets the brightness: the tint keeps a typical pixel's grey level.
+            tint = (tint * (_LUMA @ typical) / (_LUMA @ (tint * typical))).astype(np.float32)
         # Each sum over the own picture plus its weight (a grey level of one), so that their
         # ratio holds where that picture thins out, and is 1 far from it.
         seen = cv2.GaussianBlur(own, (0, 0), sigma) + 1e-3
@@ -1469,7 +1480,7 @@ class WarpEngine:
         (dy, dx) = mirrored.offset
         shade = np.clip(shade[dy:dy + h, dx:dx + w], 0.2, 3.0)
         other = cv2.remap(self._texture, mirrored.map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        other = cv2.multiply(other, cv2.merge([shade, shade, shade]), dtype=cv2.CV_8U)
+        other = cv2.multiply(other, cv2.merge([shade * t for t in tint]), dtype=cv2.CV_8U)
         roi = image[mirrored.at]
         roi[:] = cv2.blendLinear(roi, other, 1.0 - mirrored.blend, mirrored.blend)
 
