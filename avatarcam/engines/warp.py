@@ -25,10 +25,10 @@ driver shows teeth. Where the face turns away from the camera, the outlines wher
 jumps (a cheek over what lies behind it, the side of the nose over the cheek) are drawn per
 pixel and anti-aliased: on the grid they came out stepped and smeared. Where a face the
 photo shows from the side turns towards the camera, the cheek the photo holds in a sliver
-(or folded out of sight) shows its mirror image from the other side, shaded like its own.
-Where the map spreads the photo a few times in one direction only (the side of the head
-before the ear, turned towards the camera), the photo shows blurred instead of drawn out
-into streaks.
+(or folded out of sight) shows its mirror image from the other side, shaded and tinted like
+its own. Where the map spreads the photo a few times in one direction only (the side of the
+head before the ear, turned towards the camera), the photo shows blurred instead of drawn
+out into streaks.
 """
 from __future__ import annotations
 
