@@ -1327,6 +1327,15 @@ def test_a_turned_face_on_the_grid_matches_the_per_pixel_warp(grace_rig, grace_a
     assert (off[_face_mask(off.shape, pose.landmarks)] > 48).sum() < 100
 
 
+def _turned_to_the_camera(shared_data, name, degrees):
+    """The shared portrait ``name``, seen from the side, turned ``degrees`` towards the
+    camera: its avatar, engine and pose."""
+    avatar, _ = prepare([shared_data / "portraits" / name])
+    driver, retarget, engine = warp_rig(avatar, avatar.landmarks)
+    yaw = -np.sign(lm.head_angles(avatar.landmarks)[0]) * degrees
+    return avatar, engine, retarget.pose(retarget.target(turn(driver, yaw=yaw)))
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("degrees", [15, 30])
 def test_a_three_quarter_portraits_far_cheek_turned_to_the_camera_is_not_streaked(shared_data, degrees):
@@ -1334,10 +1343,7 @@ def test_a_three_quarter_portraits_far_cheek_turned_to_the_camera_is_not_streake
     # photo holds in a sliver, shows its mirror image blended over its own picture, which
     # still showed through in stripes (detail across the stretch 1.8 and 2.1 times that along
     # it); softened under the mirror image, 1.2 and 1.4.
-    avatar, _ = prepare([shared_data / "portraits" / "raphael_la_velata__liveportrait_s8.jpg"])
-    driver, retarget, engine = warp_rig(avatar, avatar.landmarks)
-    yaw = -np.sign(lm.head_angles(avatar.landmarks)[0]) * degrees
-    pose = retarget.pose(retarget.target(turn(driver, yaw=yaw)))
+    _, engine, pose = _turned_to_the_camera(shared_data, "raphael_la_velata__liveportrait_s8.jpg", degrees)
     assert _detail_across_stretch(engine, pose, engine.render(pose)) < 1.6
 
 
@@ -1348,11 +1354,8 @@ def test_a_three_quarter_portraits_far_cheek_turned_to_the_camera_keeps_its_hue(
     # 0.094 off her lit far cheek's); made as bright as the far cheek but not as warm, it
     # laid a grey band along her face (hue 0.018 and 0.037 off the far cheek's in the
     # photo). One colour gain over the patch makes it hers: 0.003 and 0.005.
-    avatar, _ = prepare([shared_data / "portraits" / "raphael_la_velata__liveportrait_s8.jpg"])
-    driver, retarget, engine = warp_rig(avatar, avatar.landmarks)
+    avatar, engine, pose = _turned_to_the_camera(shared_data, "raphael_la_velata__liveportrait_s8.jpg", degrees)
     _, far = _cheeks(avatar)
-    yaw = -np.sign(lm.head_angles(avatar.landmarks)[0]) * degrees
-    pose = retarget.pose(retarget.target(turn(driver, yaw=yaw)))
     shown = _median_hue(engine.render(pose), pose.xy, far)
     assert np.abs(shown - _median_hue(avatar.image, avatar.landmarks[:, :2], far)).max() < 0.012
 
@@ -1443,16 +1446,14 @@ def test_a_portrait_turned_to_the_camera_shows_its_far_cheek_unstretched(shared_
     # sliver, which the head turning 30 degrees back towards the camera spread into streaks
     # and torn patches (grain across/along 0.63 of the near cheek's; Mona Lisa 0.38). There
     # the face now shows its other side mirrored, shaded like its own: 0.95 and 0.52.
-    avatar, _ = prepare([shared_data / "portraits" / f"{name}.jpg"])
-    driver, retarget, engine = warp_rig(avatar, avatar.landmarks)
+    avatar, engine, pose = _turned_to_the_camera(shared_data, f"{name}.jpg", 30.0)
     near, far = _cheeks(avatar)
-    yaw = -np.sign(lm.head_angles(avatar.landmarks)[0]) * 30.0
-    pose = retarget.pose(retarget.target(turn(driver, yaw=yaw)))
     out = engine.render(pose)
     grain = _grain_across(out, pose.xy, far) / _grain_across(avatar.image, avatar.landmarks[:, :2], near)
     assert grain > least
     found = detect(out)
-    assert found is not None and np.sign(lm.head_angles(found)[0] - lm.head_angles(avatar.landmarks)[0]) == np.sign(yaw)
+    yaw = -np.sign(lm.head_angles(avatar.landmarks)[0])
+    assert found is not None and np.sign(lm.head_angles(found)[0] - lm.head_angles(avatar.landmarks)[0]) == yaw
 
 
 @pytest.mark.parametrize("side", [-30.0, 30.0])
