@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from avatarcam.errors import one_line
 from avatarcam.pipeline import AvatarPipeline, FrameResult
 from avatarcam.sinks import Sink
 from avatarcam.sources import CameraLost, Frame, FrameSource, paced
@@ -223,7 +224,7 @@ class LiveLoop:
         if stats.failed_frames == 1 or now - self._failure_said_at > 30.0:
             self._failure_said_at = now
             log.warning("a frame could not be rendered (%s: %s); repeating the last one (%d so far)",
-                        type(exc).__name__, " ".join(str(exc).split())[:200], stats.failed_frames, exc_info=log.isEnabledFor(logging.DEBUG))
+                        type(exc).__name__, one_line(exc)[:200], stats.failed_frames, exc_info=log.isEnabledFor(logging.DEBUG))
         return self._send_filler_image(self._last_image)
 
     def _enough(self) -> bool:

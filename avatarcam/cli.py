@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from avatarcam.errors import AvatarcamError
+from avatarcam.errors import AvatarcamError, one_line
 
 log = logging.getLogger("avatarcam")
 
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a bug met by the user's input: one line, the trace on request
         if os.environ.get("AVATARCAM_DEBUG"):
             raise
-        what = " ".join(str(e).split())[:300]
+        what = one_line(e)[:300]
         print(f"avatarcam: internal error: {type(e).__name__}{': ' + what if what else ''} "
               "(run again with AVATARCAM_DEBUG=1 for the full trace, and please report it)", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from avatarcam.errors import AvatarcamError
+from avatarcam.errors import AvatarcamError, one_line
 
 # A portrait never needs more than this; anything larger is far more likely a mistake (or a
 # hostile "decompression bomb") than a face, and decoding it would eat gigabytes of memory.
@@ -89,8 +89,8 @@ def _check_pixels(path: Path, size: tuple[int, int]) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    """``exc``'s message as one line, or its type's name where it has none."""
+    return one_line(exc) or type(exc).__name__
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:

@@ -11,13 +11,9 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from avatarcam.errors import AvatarcamError
+from avatarcam.errors import AvatarcamError, one_line
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".y4m")
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _check_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -92,7 +88,7 @@ class VirtualCameraSink(Sink):
             import pyvirtualcam
         except ImportError as exc:  # the native backend failed to load on this system
             raise AvatarcamError(
-                f"the virtual camera library could not be loaded ({_one_line(exc)}); reinstall pyvirtualcam, or run with --no-virtual-cam"
+                f"the virtual camera library could not be loaded ({one_line(exc)}); reinstall pyvirtualcam, or run with --no-virtual-cam"
             ) from None
         self.size = (int(size[0]), int(size[1]))
         self.fps = float(fps)
@@ -123,7 +119,7 @@ class VirtualCameraSink(Sink):
         except (OSError, RuntimeError) as exc:
             # The device went away mid-run (v4l2loopback unloaded, the OBS camera stopped):
             # not a bug to report, and nothing more can be sent.
-            raise AvatarcamError(f"the virtual camera {self.device} stopped taking frames ({_one_line(exc)}); "
+            raise AvatarcamError(f"the virtual camera {self.device} stopped taking frames ({one_line(exc)}); "
                                  "was it removed or its driver unloaded?") from None
         self.frames_written += 1
 
@@ -183,7 +179,7 @@ class VideoFileSink(Sink):
             # video gets the user's normal permissions.
             os.unlink(tmp)
         except OSError as exc:
-            raise AvatarcamError(f"cannot write to folder {parent} ({_one_line(exc.strerror or exc)})") from None
+            raise AvatarcamError(f"cannot write to folder {parent} ({one_line(exc.strerror or exc)})") from None
         self._tmp: Optional[Path] = Path(tmp)
         out_size = (w + self._pad[0], h + self._pad[1])
         try:
@@ -202,7 +198,7 @@ class VideoFileSink(Sink):
             self._gen.send(None)  # starts ffmpeg now, so a broken setup fails here
         except Exception as exc:
             self.abort()
-            raise AvatarcamError(f"cannot start ffmpeg to write {self.path} ({_one_line(exc)})") from None
+            raise AvatarcamError(f"cannot start ffmpeg to write {self.path} ({one_line(exc)})") from None
 
     def write(self, frame: np.ndarray) -> None:
         if self._gen is None:
@@ -282,7 +278,7 @@ class PreviewWindow:
             key = cv2.waitKey(1)
         except cv2.error as exc:
             raise AvatarcamError(
-                f"cannot open a preview window ({_one_line(exc)[:120]}); this OpenCV build may lack GUI support, run without --preview"
+                f"cannot open a preview window ({one_line(exc)[:120]}); this OpenCV build may lack GUI support, run without --preview"
             ) from None
         return -1 if key < 0 else key & 0xFF
 
