@@ -16,6 +16,8 @@ import textwrap
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -204,6 +206,21 @@ def keep_signal_handlers():
         signal.signal(s, handler)
 
 
+@contextmanager
+def running(loop: LiveLoop, *parts) -> Iterator[threading.Thread]:
+    """``loop`` running on a thread of its own for the ``with`` block (the thread is given);
+    then stopped, and ``parts`` (source, sinks, tracker) closed in that order."""
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        loop.stop()
+        runner.join(10)
+        for part in parts:
+            part.close()
+
+
 def native(avatar) -> Framing:
     return Framing.native(avatar.size)
 
@@ -228,9 +245,7 @@ def test_camera_lost_mid_run_keeps_sending_retries_and_resumes(astronaut_avatar,
             time.sleep(0.01)
         assert condition(), "timed out"
 
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    try:
+    with running(loop, source, vcam, tracker) as runner:
         wait_for(lambda: loop.stats.frames_with_face >= 10)
         before = loop.stats.frames_with_face
         unplugged_at = time.perf_counter()
@@ -242,12 +257,6 @@ def test_camera_lost_mid_run_keeps_sending_retries_and_resumes(astronaut_avatar,
         replugged_at = time.perf_counter()
         webcam.plugged.set()
         wait_for(lambda: loop.stats.frames_with_face >= before + 15)
-    finally:
-        loop.stop()
-        runner.join(10)
-        source.close()
-        vcam.close()
-        tracker.close()
     assert not runner.is_alive()
 
     cam = recording_vcam.instances[0]
@@ -298,9 +307,7 @@ def test_camera_whose_driver_hangs_mid_run_is_bridged_until_it_delivers_again(as
 
     loop = LiveLoop(source, pipeline, [Brightness()], fps=30, stall_s=0.5)
     caplog.set_level(logging.WARNING)
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    try:
+    with running(loop, source, tracker):
         deadline = time.perf_counter() + 20
         while loop.stats.frames_with_face < 10 and time.perf_counter() < deadline:
             time.sleep(0.01)
@@ -311,11 +318,6 @@ def test_camera_whose_driver_hangs_mid_run_is_bridged_until_it_delivers_again(as
         hang.clear()
         while loop.stats.frames < hung_frames + 10 and time.perf_counter() < deadline:
             time.sleep(0.01)
-    finally:
-        loop.stop()
-        runner.join(10)
-        source.close()
-        tracker.close()
     assert loop.stats.filler_frames >= 40 and loop.stats.frames >= hung_frames + 10
     assert loop.stats.camera_losses == 1
     normal = np.mean(sent[:10])
@@ -359,17 +361,10 @@ def test_a_frame_the_engine_fails_on_repeats_the_last_one_and_the_call_goes_on(a
 
     loop = LiveLoop(source, pipeline, [Recorder()], fps=30)
     caplog.set_level(logging.WARNING)
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    try:
+    with running(loop, source, tracker) as runner:
         deadline = time.perf_counter() + 20
         while loop.stats.frames < 25 and time.perf_counter() < deadline:
             time.sleep(0.01)
-    finally:
-        loop.stop()
-        runner.join(10)
-        source.close()
-        tracker.close()
     assert not runner.is_alive() and loop.stats.frames >= 25
     assert loop.stats.failed_frames == 5
     # After each failed render the last good frame went out again; then new renders.
@@ -398,14 +393,9 @@ def test_the_preview_still_quits_while_every_frame_fails(astronaut_avatar):
 
     preview = QuitAt20()
     loop = LiveLoop(source, pipeline, [], preview=preview, fps=30)
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    runner.join(20)
-    ended = not runner.is_alive()
-    loop.stop()
-    runner.join(10)
-    source.close()
-    tracker.close()
+    with running(loop, source, tracker) as runner:
+        runner.join(20)
+        ended = not runner.is_alive()
     assert ended, "the run went on after 'q' was pressed in the preview"
     assert preview.shown == 20 and loop.stats.failed_frames >= 10
 
